@@ -1,0 +1,138 @@
+"""What the API answers, independent of Flask: Redis lookups first, the shared scorer when needed.
+
+``source`` tells the client where an answer came from: ``precomputed`` (a stored list), ``live``
+(the in-memory model, via fuserank.scorer) or ``popular`` (a user the model has never seen).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import redis
+
+from fuserank import keys
+from fuserank.artifacts import ModelArtifact
+from fuserank.config import HybridSettings
+from fuserank.publish import read_meta
+from fuserank.scorer import HybridScorer
+
+log = logging.getLogger("fuserank.api")
+POINTER_TTL_S = 1.0
+
+
+@dataclass
+class Answer:
+    items: list[dict]
+    source: str
+    model_version: str
+    list_version: str | None = None
+    degraded: bool = False
+
+    def body(self, key: str, value: int) -> dict:
+        out = {key: value, "model_version": self.model_version, "source": self.source, "items": self.items}
+        if self.list_version:
+            out["list_version"] = self.list_version
+        if self.degraded:
+            out["degraded"] = True
+        return out
+
+
+class RecommendationService:
+    def __init__(self, model_dir: str, redis_url: str, settings: HybridSettings | None = None):
+        self.model = ModelArtifact.load(model_dir)
+        self.settings = settings or HybridSettings()
+        self.scorer = HybridScorer(self.model, self.settings)
+        self.redis_url = redis_url
+        self.redis = redis.Redis.from_url(redis_url, socket_timeout=0.25, socket_connect_timeout=0.25,
+                                          retry_on_timeout=False)
+        self._pointer: tuple[float, str | None, str | None] = (0.0, None, None)
+        self._lock = threading.Lock()
+        self.names = self.model.anime["name"].to_numpy(object)
+        log.info("model %s loaded: %d users, %d anime", self.model.version, self.model.n_users, self.model.n_anime)
+
+    # -- published list version, cached briefly so the hot path does one Redis GET ------------
+    def list_version(self) -> tuple[str | None, str | None]:
+        """(list version, its model version) named by the pointer; re-read at most every POINTER_TTL_S."""
+        fetched_at, version, model_version = self._pointer
+        if time.monotonic() - fetched_at < POINTER_TTL_S:
+            return version, model_version
+        with self._lock:
+            raw = self.redis.get(keys.CURRENT)
+            version = raw.decode() if raw is not None else None
+            if version != self._pointer[1]:
+                model_version = read_meta(self.redis, version).get("model_version") if version else None
+            self._pointer = (time.monotonic(), version, model_version)
+        return version, model_version
+
+    def redis_state(self) -> dict:
+        try:
+            version, model_version = self.list_version()
+            return {"redis": "up", "list_version": version, "list_model_version": model_version}
+        except redis.RedisError as exc:
+            return {"redis": "down", "error": type(exc).__name__}
+
+    # -- answers -----------------------------------------------------------------------------
+    def _items(self, encoded: np.ndarray, scores: np.ndarray) -> list[dict]:
+        return [{"anime_id": int(self.model.anime_ids[a]), "name": self.names[a], "score": round(float(s), 4)}
+                for a, s in zip(encoded, scores)]
+
+    def _stored(self, key: str, n: int) -> list[tuple[int, float]] | None:
+        raw = self.redis.get(key)
+        if raw is None:
+            return None
+        items = keys.decode_items(raw)
+        return items[:n] if len(items) >= n else None
+
+    def user_recommendations(self, user_id: int, n: int, live: bool = False, include_adult: bool = False) -> Answer:
+        u = int(self.model.user_index(user_id)[0])
+        degraded = False
+        if u >= 0 and not live and not include_adult:
+            try:
+                version, model_version = self.list_version()
+                stored = self._stored(keys.user(version, user_id), n) if version else None
+                if stored is not None:
+                    enc = self.model.anime_index([a for a, _ in stored])
+                    return Answer(self._items(enc, [s for _, s in stored]), "precomputed",
+                                  model_version or self.model.version, version)
+            except redis.RedisError as exc:
+                log.warning("redis unavailable (%s): answering live", type(exc).__name__)
+                degraded = True
+        if u < 0:
+            return Answer(self._popular(n, include_adult), "popular", self.model.version)
+        ranked = self.scorer.score_users(np.array([u]), n=n, include_adult=include_adult)
+        items, scores = ranked.row(0)
+        return Answer(self._items(items, scores), "live", self.model.version, degraded=degraded)
+
+    def _popular(self, n: int, include_adult: bool) -> list[dict]:
+        order = self.model.popularity
+        if not include_adult:
+            order = order[~self.model.adult_mask[order]]
+        top = order[:n]
+        return [{"anime_id": int(self.model.anime_ids[a]), "name": self.names[a], "score": None} for a in top]
+
+    def similar_anime(self, anime_id: int, n: int, include_adult: bool = False) -> Answer | None:
+        a = int(self.model.anime_index(anime_id)[0])
+        if a < 0:
+            return None
+        degraded = False
+        if not include_adult:
+            try:
+                version, model_version = self.list_version()
+                stored = self._stored(keys.anime(version, anime_id), n) if version else None
+                if stored is not None:
+                    enc = self.model.anime_index([x for x, _ in stored])
+                    return Answer(self._items(enc, [s for _, s in stored]), "precomputed",
+                                  model_version or self.model.version, version)
+            except redis.RedisError as exc:
+                log.warning("redis unavailable (%s): answering live", type(exc).__name__)
+                degraded = True
+        sims = self.model.anime_emb @ self.model.anime_emb[a]
+        sims[a] = -np.inf
+        if not include_adult:
+            sims[self.model.adult_mask] = -np.inf
+        order = np.lexsort((np.arange(len(sims)), -sims))[:n]
+        order = order[np.isfinite(sims[order])]
+        return Answer(self._items(order, sims[order]), "live", self.model.version, degraded=degraded)

@@ -1,0 +1,162 @@
+"""`fuserank precompute`: the Apache Beam job that fills Redis with every user's and anime's lists.
+
+One composite PTransform per stage: ScoreUsers (the hybrid, in blocks of users), AnimeNeighbours
+(cosine top-k in blocks of anime), WriteToRedis (pipelined, idempotent), and Publish (flips the
+current-version pointer only once every write is confirmed and counted against the model).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from functools import lru_cache
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+import redis
+
+from fuserank import keys
+from fuserank.publish import PublishError, current_version
+from fuserank.artifacts import ModelArtifact
+from fuserank.config import HybridSettings
+from fuserank.batch.redis_io import PublishFn, WriteListsFn
+from fuserank.scorer import HybridScorer
+
+log = logging.getLogger("fuserank.precompute")
+
+
+@lru_cache(maxsize=2)
+def load_scorer(model_dir: str, settings: HybridSettings) -> HybridScorer:
+    """One artifact + neighbour graph per worker process, shared by every DoFn instance in it."""
+    return HybridScorer(ModelArtifact.load(model_dir), settings)
+
+
+def blocks(n: int, size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+class ScoreUserBlockFn(beam.DoFn):
+    def __init__(self, model_dir: str, settings: HybridSettings, version: str):
+        self.model_dir, self.settings, self.version = model_dir, settings, version
+
+    def setup(self):
+        self.scorer = load_scorer(self.model_dir, self.settings)
+
+    def process(self, block):
+        import numpy as np
+        model = self.scorer.model
+        users = np.arange(*block)
+        ranked = self.scorer.score_users(users)
+        for i, u in enumerate(users):
+            items, scores = ranked.row(i)
+            yield keys.user(self.version, model.user_ids[u]), keys.encode_items(model.anime_ids[items], scores)
+
+
+class AnimeNeighboursFn(beam.DoFn):
+    def __init__(self, model_dir: str, settings: HybridSettings, version: str):
+        self.model_dir, self.settings, self.version = model_dir, settings, version
+
+    def setup(self):
+        self.scorer = load_scorer(self.model_dir, self.settings)
+
+    def process(self, block):
+        s, model = self.scorer, self.scorer.model
+        for a in range(*block):
+            keep = ~model.adult_mask[s.neighbour_idx[a]]
+            yield (keys.anime(self.version, model.anime_ids[a]),
+                   keys.encode_items(model.anime_ids[s.neighbour_idx[a][keep]], s.neighbour_sim[a][keep]))
+
+
+class ScoreUsers(beam.PTransform):
+    """Blocks of encoded users -> (redis key, hybrid top-N) for each user."""
+
+    def __init__(self, model_dir, settings, version):
+        super().__init__()
+        self.fn = ScoreUserBlockFn(model_dir, settings, version)
+
+    def expand(self, user_blocks):
+        return user_blocks | beam.ParDo(self.fn)
+
+
+class AnimeNeighbours(beam.PTransform):
+    """Blocks of encoded anime -> (redis key, nearest neighbours) for each anime."""
+
+    def __init__(self, model_dir, settings, version):
+        super().__init__()
+        self.fn = AnimeNeighboursFn(model_dir, settings, version)
+
+    def expand(self, anime_blocks):
+        return anime_blocks | beam.ParDo(self.fn)
+
+
+class WriteToRedis(beam.PTransform):
+    """(key, value) -> Redis; outputs ``(kind, n)`` counts of confirmed writes."""
+
+    def __init__(self, redis_url: str, kind: str, batch_size: int = 500):
+        super().__init__()
+        self.fn = WriteListsFn(redis_url, kind, batch_size)
+
+    def expand(self, pairs):
+        return pairs | beam.ParDo(self.fn)
+
+
+class Publish(beam.PTransform):
+    """Sums the write counts from every branch and publishes the version if they match the model."""
+
+    def __init__(self, redis_url, version, expected, meta):
+        super().__init__()
+        self.fn = PublishFn(redis_url, version, expected, meta)
+
+    def expand(self, counts):
+        return (counts | beam.Flatten() | "SumByKind" >> beam.CombinePerKey(sum)
+                | "AsDict" >> beam.combiners.ToDict() | beam.ParDo(self.fn))
+
+
+def build(p: beam.Pipeline, model_dir: str, redis_url: str, settings: HybridSettings, model: ModelArtifact,
+          block_size: int = 512):
+    version = keys.list_version(model.version, settings.digest())
+    users_written = (p | "UserBlocks" >> beam.Create(blocks(model.n_users, block_size))
+                     | "ScoreUsers" >> ScoreUsers(model_dir, settings, version)
+                     | "WriteUsers" >> WriteToRedis(redis_url, "users"))
+    anime_written = (p | "AnimeBlocks" >> beam.Create(blocks(model.n_anime, block_size * 4))
+                     | "AnimeNeighbours" >> AnimeNeighbours(model_dir, settings, version)
+                     | "WriteAnime" >> WriteToRedis(redis_url, "anime"))
+    meta = {"model_version": model.version, "settings": settings.to_dict(), "state": "writing",
+            "n_users": model.n_users, "n_anime": model.n_anime}
+    expected = {"users": model.n_users, "anime": model.n_anime}
+    published = (users_written, anime_written) | "Publish" >> Publish(redis_url, version, expected, meta)
+    return version, published
+
+
+def pipeline_options(beam_args: list[str] | None) -> tuple[PipelineOptions, object | None]:
+    """Beam options from the arguments after ``--``; without ``--runner`` the in-process FnApiRunner,
+    which never tries to download the Prism runner binary (as DirectRunner does in Beam 2.77)."""
+    options = PipelineOptions(beam_args or [])
+    runner = None
+    if not options.view_as(StandardOptions).runner:
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+        runner = FnApiRunner()
+    return options, runner
+
+
+def precompute(model_dir: str, redis_url: str, settings: HybridSettings | None = None,
+               beam_args: list[str] | None = None, block_size: int = 512) -> dict:
+    settings = settings or HybridSettings()
+    model = ModelArtifact.load(model_dir)
+    options, runner = pipeline_options(beam_args)
+    t0 = time.time()
+    p = beam.Pipeline(runner=runner, options=options)
+    version, _ = build(p, model_dir, redis_url, settings, model, block_size)
+    log.info("precompute list version %s: %d users, %d anime", version, model.n_users, model.n_anime)
+    p.run().wait_until_finish()
+    seconds = time.time() - t0
+    client = redis.Redis.from_url(redis_url, socket_timeout=30)
+    try:
+        served = current_version(client)
+    finally:
+        client.close()
+    if served != version:
+        raise PublishError(f"pipeline finished but the current list version is {served}, not {version}")
+    log.info("precompute finished in %.1fs", seconds)
+    return {"version": version, "model_version": model.version, "users": model.n_users,
+            "anime": model.n_anime, "seconds": round(seconds, 2)}

@@ -1,0 +1,3 @@
+from fuserank.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,140 @@
+"""The self-contained model artifact that training writes and the batch job and API read.
+
+MODEL_DIR holds everything downstream needs, so ``precompute`` and ``serve`` take nothing else:
+``user_embeddings.npy`` / ``anime_embeddings.npy`` (L2-normalised float32), ``users.parquet`` and
+``anime.parquet`` (encoders + anime metadata), ``user_lists.npz`` (each user's whole list as CSR:
+raw 1-10 ratings, -1 = on the list but unrated) and ``manifest.json`` (model version, metrics).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from fuserank.errors import ArtifactError
+
+MANIFEST = "manifest.json"
+USER_EMB = "user_embeddings.npy"
+ANIME_EMB = "anime_embeddings.npy"
+USERS = "users.parquet"
+ANIME = "anime.parquet"
+USER_LISTS = "user_lists.npz"
+VERSIONED_FILES = (USER_EMB, ANIME_EMB, USERS, ANIME, USER_LISTS)
+ADULT_GENRE = "Hentai"
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content_version(model_dir: str, extra: bytes = b"") -> tuple[str, dict]:
+    """Model version = hash of the artifact's content (weights, encoders, lists, history), not a time."""
+    hashes = {name: file_sha256(os.path.join(model_dir, name)) for name in VERSIONED_FILES}
+    digest = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode() + extra).hexdigest()
+    return digest[:16], hashes
+
+
+def save_user_lists(path: str, lists: sp.csr_matrix) -> None:
+    np.savez_compressed(path, indptr=lists.indptr.astype(np.int64), indices=lists.indices.astype(np.int32),
+                        ratings=lists.data.astype(np.int8), shape=np.array(lists.shape, dtype=np.int64))
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing (is this a FuseRank model directory?)") from None
+
+
+@dataclass
+class ModelArtifact:
+    """An exported model, loaded into memory; id lookups are vectorised searchsorted over sorted raw ids."""
+
+    path: str
+    manifest: dict
+    user_emb: np.ndarray
+    anime_emb: np.ndarray
+    user_ids: np.ndarray          # raw MAL user id per encoded user (sorted ascending)
+    anime: pd.DataFrame           # encoded anime -> anime_id, name, genres, type (sorted by anime_id)
+    lists: sp.csr_matrix          # users x anime, raw rating 1-10, -1 = on the list but unrated
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, model_dir: str) -> "ModelArtifact":
+        manifest = _read_json(os.path.join(model_dir, MANIFEST))
+        try:
+            user_emb = np.load(os.path.join(model_dir, USER_EMB))
+            anime_emb = np.load(os.path.join(model_dir, ANIME_EMB))
+            users = pd.read_parquet(os.path.join(model_dir, USERS))
+            anime = pd.read_parquet(os.path.join(model_dir, ANIME))
+            with np.load(os.path.join(model_dir, USER_LISTS)) as z:
+                lists = sp.csr_matrix((z["ratings"], z["indices"], z["indptr"]), shape=tuple(z["shape"]))
+        except FileNotFoundError as exc:
+            raise ArtifactError(f"{model_dir}: incomplete model artifact ({exc.filename} missing)") from None
+        if user_emb.shape[0] != len(users) or anime_emb.shape[0] != len(anime):
+            raise ArtifactError(f"{model_dir}: embeddings do not match the encoders")
+        anime = anime.sort_values("anime").reset_index(drop=True)
+        return cls(model_dir, manifest, user_emb.astype(np.float32), anime_emb.astype(np.float32),
+                   users.sort_values("user")["user_id"].to_numpy(np.int64), anime, lists)
+
+    @property
+    def version(self) -> str:
+        return self.manifest["model_version"]
+
+    @property
+    def n_users(self) -> int:
+        return self.user_emb.shape[0]
+
+    @property
+    def n_anime(self) -> int:
+        return self.anime_emb.shape[0]
+
+    @cached_property
+    def anime_ids(self) -> np.ndarray:
+        return self.anime["anime_id"].to_numpy(np.int64)
+
+    @staticmethod
+    def _lookup(sorted_ids: np.ndarray, raw) -> np.ndarray:
+        raw = np.atleast_1d(np.asarray(raw, dtype=np.int64))
+        pos = np.searchsorted(sorted_ids, raw).clip(0, max(len(sorted_ids) - 1, 0))
+        return np.where(sorted_ids[pos] == raw, pos, -1)
+
+    def user_index(self, raw_ids) -> np.ndarray:
+        """Encoded index per raw user id, -1 where unknown."""
+        return self._lookup(self.user_ids, raw_ids)
+
+    def anime_index(self, raw_ids) -> np.ndarray:
+        """Encoded index per raw anime id, -1 where unknown."""
+        return self._lookup(self.anime_ids, raw_ids)
+
+    def liked_matrix(self, threshold: int) -> sp.csr_matrix:
+        """Binary "rated highly" users x anime matrix, cached per threshold (the threshold is a setting)."""
+        key = ("liked", threshold)
+        if key not in self._cache:
+            m = self.lists.copy()
+            m.data = (m.data >= threshold).astype(np.float32)
+            m.eliminate_zeros()
+            self._cache[key] = m.tocsr()
+        return self._cache[key]
+
+    @cached_property
+    def adult_mask(self) -> np.ndarray:
+        genres = self.anime["genres"].fillna("").str.split(",\\s*", regex=True)
+        return genres.map(lambda g: ADULT_GENRE in g).to_numpy(bool)
+
+    @cached_property
+    def popularity(self) -> np.ndarray:
+        """Encoded anime ordered by how many users rated them highly (the cold-start answer)."""
+        counts = np.asarray((self.lists >= 8).sum(axis=0)).ravel()
+        return np.lexsort((np.arange(self.n_anime), -counts)).astype(np.int32)

@@ -1,0 +1,53 @@
+"""The Redis key layout and value encoding: the one module the writer, the API and the inspector share.
+
+Lists live under their list version (model version + hash of the precompute settings), so a new
+precompute never overwrites what is being served; one pointer names the version the API serves.
+
+    fuserank:current                 -> list version being served
+    fuserank:previous                -> the version it replaced (rollback target)
+    fuserank:versions                -> sorted set: version -> publish time (unix seconds)
+    fuserank:v:{version}:meta        -> hash: model_version, settings, counts, written_at, state
+    fuserank:v:{version}:u:{user_id} -> user's hybrid top-N
+    fuserank:v:{version}:a:{anime_id} -> anime's nearest neighbours
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+PREFIX = "fuserank"
+CURRENT = f"{PREFIX}:current"
+PREVIOUS = f"{PREFIX}:previous"
+VERSIONS = f"{PREFIX}:versions"
+
+
+def list_version(model_version: str, settings_digest: str) -> str:
+    return f"{model_version}-{settings_digest}"
+
+
+def meta(version: str) -> str:
+    return f"{PREFIX}:v:{version}:meta"
+
+
+def user(version: str, user_id: int) -> str:
+    return f"{PREFIX}:v:{version}:u:{int(user_id)}"
+
+
+def anime(version: str, anime_id: int) -> str:
+    return f"{PREFIX}:v:{version}:a:{int(anime_id)}"
+
+
+def version_pattern(version: str) -> str:
+    """MATCH pattern for an offline SCAN of one version's keys (inspection and clean-up, never requests)."""
+    return f"{PREFIX}:v:{version}:*"
+
+
+def encode_items(anime_ids: np.ndarray, scores: np.ndarray) -> bytes:
+    """Compact JSON ``[[anime_id, score], ...]`` (scores to 4 decimals), best first."""
+    pairs = ",".join(f"[{int(a)},{float(s):.4f}]" for a, s in zip(anime_ids, scores))
+    return f"[{pairs}]".encode()
+
+
+def decode_items(value: bytes | str) -> list[tuple[int, float]]:
+    return [(int(a), float(s)) for a, s in json.loads(value)]

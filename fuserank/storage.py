@@ -1,0 +1,61 @@
+"""Open local files and ``gs://bucket/key`` objects the same way, as streams.
+
+The ratings files are up to ~0.8 GB, so GCS objects are read through the client's ranged
+``BlobReader`` rather than downloaded whole. ``STORAGE_EMULATOR_HOST`` (honoured by the client
+itself) points everything at a local emulator; there we also use anonymous credentials so tests
+and the demo never look for real ones.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import BinaryIO
+
+GCS_SCHEME = "gs://"
+GCS_CHUNK_BYTES = 8 << 20
+EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+EMULATOR_PROJECT = "fuserank-emulator"
+
+
+def is_gcs(path) -> bool:
+    """True for ``gs://`` URIs, so callers can tell remote inputs from local paths."""
+    return str(path).startswith(GCS_SCHEME)
+
+
+def split_gcs(uri: str) -> tuple[str, str]:
+    """``gs://bucket/a/b.csv`` -> ``("bucket", "a/b.csv")``; rejects URIs without an object key."""
+    bucket, _, key = str(uri)[len(GCS_SCHEME):].partition("/")
+    if not bucket or not key:
+        raise ValueError(f"{uri}: expected gs://bucket/object")
+    return bucket, key
+
+
+def open_binary(path, chunk_size: int = GCS_CHUNK_BYTES) -> BinaryIO:
+    """Open a local path or a ``gs://`` object for streaming binary reads.
+
+    Raises FileNotFoundError for a missing file or object, before any data is read.
+    """
+    if not is_gcs(path):
+        return open(os.fspath(path), "rb")
+    bucket_name, key = split_gcs(path)
+    blob = _client().bucket(bucket_name).get_blob(key)
+    if blob is None:
+        raise FileNotFoundError(f"{path}: no such object")
+    return blob.open("rb", chunk_size=chunk_size)
+
+
+def _client():
+    """One client per emulator setting; it is thread-safe and costly to build."""
+    return _make_client(os.environ.get(EMULATOR_ENV))
+
+
+@functools.lru_cache(maxsize=4)
+def _make_client(emulator_host: str | None):
+    from google.cloud import storage
+
+    if emulator_host:
+        from google.auth.credentials import AnonymousCredentials
+
+        project = os.environ.get("GOOGLE_CLOUD_PROJECT", EMULATOR_PROJECT)
+        return storage.Client(project=project, credentials=AnonymousCredentials())
+    return storage.Client()

