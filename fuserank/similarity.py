@@ -9,15 +9,19 @@ import numpy as np
 
 
 def top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k columns of each row, best first; ties go to the lower column index (stable order)."""
-    k = min(k, scores.shape[1])
+    """Top-k columns of each row, best first; ties go to the lower column index, also at the cut-off,
+    so the result never depends on how argpartition happened to split equal scores."""
+    b, n = scores.shape
+    k = min(k, n)
     if k <= 0:
-        empty = np.empty((scores.shape[0], 0))
-        return empty.astype(np.int32), empty.astype(np.float32)
-    if k < scores.shape[1]:
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    else:
-        part = np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
+        return np.empty((b, 0), np.int32), np.empty((b, 0), np.float32)
+    neg = -scores
+    kth = np.partition(neg, k - 1, axis=1)[:, k - 1:k]
+    better = neg < kth
+    tie = neg == kth
+    need = k - better.sum(axis=1, keepdims=True)
+    chosen = better | (tie & (np.cumsum(tie, axis=1) <= need))
+    part = np.nonzero(chosen)[1].reshape(b, k)
     part_scores = np.take_along_axis(scores, part, axis=1)
     order = np.lexsort((part, -part_scores), axis=1)
     idx = np.take_along_axis(part, order, axis=1)

@@ -1,0 +1,53 @@
+"""Shared fixtures: a real redis-server, and the bundled 2020 sample ingested and trained once per session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import redis
+
+from fuserank.redis_server import LocalRedis
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_2020 = ROOT / "data/sample/mal2020/rating_complete_head100k.csv"
+ANIME_2020 = ROOT / "data/sample/mal2020/anime_reduced.csv"
+SAMPLE_2016 = ROOT / "data/sample/mal2016/rating_tail.csv"
+ANIME_2016 = ROOT / "data/sample/mal2016/anime.csv"
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """$FUSERANK_TEST_REDIS_URL (the server .ci/run starts) or a redis-server started for this session."""
+    url = os.environ.get("FUSERANK_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    with LocalRedis() as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory):
+    from fuserank.training.ingest import ingest
+    out = tmp_path_factory.mktemp("sample") / "data"
+    ingest(str(SAMPLE_2020), str(out), anime=str(ANIME_2020), min_user_ratings=20)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def trained_model(sample_data, tmp_path_factory):
+    """The seed's model trained on the 2020 sample (20 epochs max, early stopping), exported."""
+    from fuserank.training.train import train
+    out = tmp_path_factory.mktemp("model") / "model"
+    manifest = train(sample_data, str(out), epochs=20, seed=0)
+    return str(out), manifest

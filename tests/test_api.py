@@ -1,0 +1,161 @@
+"""The API through Flask's test client, over a real Redis filled by the real precompute."""
+import numpy as np
+import pytest
+import redis
+
+from fuserank import keys
+from fuserank.api.app import create_app
+from fuserank.batch.pipeline import precompute
+from fuserank.config import HybridSettings
+
+
+@pytest.fixture(scope="module")
+def api_redis_url(redis_url):
+    url = redis_url.rsplit("/", 1)[0] + "/2"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+@pytest.fixture(scope="module")
+def published(trained_model, api_redis_url):
+    model_dir, _ = trained_model
+    return precompute(model_dir, api_redis_url, HybridSettings())
+
+
+@pytest.fixture(scope="module")
+def client(trained_model, api_redis_url, published):
+    app = create_app(trained_model[0], api_redis_url)
+    return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def model(client):
+    return client.application.extensions["fuserank"].model
+
+
+def test_precomputed_answer_has_the_contract_fields(client, model, published):
+    uid = int(model.user_ids[0])
+    r = client.get(f"/v1/users/{uid}/recommendations?n=10")
+    assert r.status_code == 200
+    body = r.get_json()
+    assert body["user_id"] == uid and body["source"] == "precomputed"
+    assert body["model_version"] == published["model_version"]
+    assert len(body["items"]) == 10
+    for item in body["items"]:
+        assert set(item) == {"anime_id", "name", "score"}
+        assert isinstance(item["name"], str) and item["name"]
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_live_path_gives_the_same_list_as_the_batch_job(client, model):
+    for uid in model.user_ids[:5]:
+        stored = client.get(f"/v1/users/{uid}/recommendations?n=20").get_json()
+        live = client.get(f"/v1/users/{uid}/recommendations?n=20&source=live").get_json()
+        assert stored["source"] == "precomputed" and live["source"] == "live"
+        assert [i["anime_id"] for i in live["items"]] == [i["anime_id"] for i in stored["items"]]
+
+
+def test_n_above_the_stored_length_is_computed_live(client, model):
+    uid = int(model.user_ids[1])
+    body = client.get(f"/v1/users/{uid}/recommendations?n=120").get_json()
+    assert body["source"] == "live" and len(body["items"]) == 120
+    assert len({i["anime_id"] for i in body["items"]}) == 120
+
+
+def test_known_user_without_a_stored_list_is_answered_live(client, model, api_redis_url, published):
+    uid = int(model.user_ids[2])
+    r = redis.Redis.from_url(api_redis_url)
+    key = keys.user(published["version"], uid)
+    value = r.get(key)
+    r.delete(key)
+    try:
+        body = client.get(f"/v1/users/{uid}/recommendations").get_json()
+        assert body["source"] == "live" and len(body["items"]) == 10
+    finally:
+        r.set(key, value)
+
+
+def test_unknown_user_gets_popular_titles(client, model):
+    unknown = int(model.user_ids.max()) + 12345
+    body = client.get(f"/v1/users/{unknown}/recommendations?n=5").get_json()
+    assert body["source"] == "popular" and len(body["items"]) == 5
+
+
+def test_recommendations_exclude_the_users_list(client, model):
+    for u in range(3):
+        uid = int(model.user_ids[u])
+        seen = set(model.anime_ids[model.lists[u].indices].tolist())
+        for source in ("", "&source=live"):
+            body = client.get(f"/v1/users/{uid}/recommendations?n=50{source}").get_json()
+            assert not seen & {i["anime_id"] for i in body["items"]}
+
+
+def test_adult_titles_need_include_adult(client, model):
+    adult_ids = set(model.anime_ids[model.adult_mask].tolist())
+    assert adult_ids, "the sample has Hentai titles"
+    for uid in model.user_ids[:20]:
+        body = client.get(f"/v1/users/{uid}/recommendations?n=200").get_json()
+        assert not adult_ids & {i["anime_id"] for i in body["items"]}
+    popular = client.get("/v1/users/999999999/recommendations?n=200&include_adult=true").get_json()
+    assert popular["source"] == "popular"
+
+
+def test_similar_anime(client, model):
+    aid = int(model.anime_ids[model.popularity[0]])
+    body = client.get(f"/v1/anime/{aid}/similar?n=7").get_json()
+    assert body["anime_id"] == aid and body["source"] == "precomputed" and len(body["items"]) == 7
+    assert aid not in {i["anime_id"] for i in body["items"]}
+    live = client.get(f"/v1/anime/{aid}/similar?n=7&include_adult=true").get_json()
+    assert live["source"] == "live"
+
+
+@pytest.mark.parametrize("url,status,parameter", [
+    ("/v1/users/-1/recommendations", 400, "user_id"),
+    ("/v1/users/abc/recommendations", 400, "user_id"),
+    ("/v1/users/1.5/recommendations", 400, "user_id"),
+    ("/v1/users/99999999999999999999999/recommendations", 400, "user_id"),
+    ("/v1/users/%E2%9C%93/recommendations", 400, "user_id"),
+    ("/v1/users/1/recommendations?n=0", 400, "n"),
+    ("/v1/users/1/recommendations?n=201", 400, "n"),
+    ("/v1/users/1/recommendations?n=1000000000", 400, "n"),
+    ("/v1/users/1/recommendations?n=2.5", 400, "n"),
+    ("/v1/users/1/recommendations?n=", 400, "n"),
+    ("/v1/users/1/recommendations?source=cache", 400, "source"),
+    ("/v1/users/1/recommendations?include_adult=maybe", 400, "include_adult"),
+    ("/v1/anime/-5/similar", 400, "anime_id"),
+    ("/v1/anime/1/similar?n=abc", 400, "n"),
+])
+def test_bad_parameters_are_400_json_naming_the_parameter(client, url, status, parameter):
+    r = client.get(url)
+    assert r.status_code == status
+    assert r.is_json and r.get_json()["error"]["parameter"] == parameter
+    assert parameter in r.get_json()["error"]["message"]
+
+
+def test_unknown_anime_is_404_json(client):
+    r = client.get("/v1/anime/987654321/similar")
+    assert r.status_code == 404 and r.is_json and "987654321" in r.get_json()["error"]["message"]
+
+
+def test_unknown_route_and_wrong_method_are_json(client):
+    assert client.get("/v2/nothing").status_code == 404
+    assert client.get("/v2/nothing").is_json
+    r = client.post("/v1/users/1/recommendations")
+    assert r.status_code == 405 and r.is_json
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.get_json()["ready"] is True
+
+
+def test_not_ready_without_a_published_version(trained_model, redis_url):
+    empty = redis_url.rsplit("/", 1)[0] + "/3"
+    redis.Redis.from_url(empty).flushdb()
+    app = create_app(trained_model[0], empty)
+    r = app.test_client().get("/readyz")
+    assert r.status_code == 503 and r.get_json()["ready"] is False
+    uid = int(app.extensions["fuserank"].model.user_ids[0])
+    assert app.test_client().get(f"/v1/users/{uid}/recommendations").get_json()["source"] == "live"

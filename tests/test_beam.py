@@ -1,0 +1,86 @@
+"""The precompute as Beam transforms (TestPipeline + assert_that) and end to end into a real Redis."""
+import numpy as np
+import apache_beam as beam
+import pytest
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from fuserank import keys
+from fuserank.artifacts import ModelArtifact
+from fuserank.batch.pipeline import AnimeNeighbours, ScoreUsers, blocks, precompute
+from fuserank.config import HybridSettings
+from fuserank.publish import current_version, read_meta
+from fuserank.scorer import HybridScorer
+from tests.factories import random_artifact
+
+SETTINGS = HybridSettings(top_n=10, neighbours=5)
+
+
+@pytest.fixture
+def small_model(tmp_path):
+    return random_artifact(tmp_path / "m", n_users=37, n_anime=25, adult=(2,))
+
+
+def expected_user_lists(model_dir, version):
+    model = ModelArtifact.load(model_dir)
+    ranked = HybridScorer(model, SETTINGS).score_users(np.arange(model.n_users))
+    out = []
+    for u in range(model.n_users):
+        items, scores = ranked.row(u)
+        out.append((keys.user(version, model.user_ids[u]), keys.encode_items(model.anime_ids[items], scores)))
+    return out
+
+
+def test_score_users_transform_matches_the_scorer(small_model):
+    with TestPipeline(runner=FnApiRunner()) as p:
+        out = p | beam.Create(blocks(37, 8)) | ScoreUsers(small_model, SETTINGS, "v1")
+        assert_that(out, equal_to(expected_user_lists(small_model, "v1")))
+
+
+def test_anime_neighbours_transform_leaves_out_adult_titles(small_model):
+    model = ModelArtifact.load(small_model)
+    with TestPipeline(runner=FnApiRunner()) as p:
+        out = p | beam.Create(blocks(25, 10)) | AnimeNeighbours(small_model, SETTINGS, "v1")
+        ids = out | beam.Map(lambda kv: [a for a, _ in keys.decode_items(kv[1])])
+        assert_that(ids | beam.combiners.Count.Globally(), equal_to([25]), label="one list per anime")
+        adult_id = int(model.anime_ids[2])
+        assert_that(ids | beam.Filter(lambda xs: adult_id in xs), equal_to([]), label="no adult neighbours")
+
+
+def test_precompute_writes_every_list_then_publishes(small_model, redis_client, redis_url):
+    result = precompute(small_model, redis_url, SETTINGS)
+    version = result["version"]
+    assert current_version(redis_client) == version
+    assert version.startswith(ModelArtifact.load(small_model).version)
+    for key, value in expected_user_lists(small_model, version):
+        assert redis_client.get(key) == value
+    meta = read_meta(redis_client, version)
+    assert meta["state"] == "complete" and meta["written"] == {"users": 37, "anime": 25}
+    assert redis_client.dbsize() == 37 + 25 + 3  # lists + meta, current, versions: nothing else
+    # rerunning (a retried job) rewrites the same keys with the same values
+    precompute(small_model, redis_url, SETTINGS)
+    assert redis_client.dbsize() == 37 + 25 + 3
+    for key, value in expected_user_lists(small_model, version)[:5]:
+        assert redis_client.get(key) == value
+
+
+def test_other_settings_get_another_version_and_keep_previous(small_model, redis_client, redis_url):
+    first = precompute(small_model, redis_url, SETTINGS)["version"]
+    second = precompute(small_model, redis_url, SETTINGS.with_overrides(top_n=5))["version"]
+    assert first != second
+    assert current_version(redis_client) == second
+    assert redis_client.get(keys.PREVIOUS).decode() == first
+    assert redis_client.exists(keys.user(first, 100))
+
+
+def test_precompute_on_the_trained_sample_model(trained_model, redis_client, redis_url):
+    model_dir, manifest = trained_model
+    result = precompute(model_dir, redis_url, HybridSettings())
+    assert result["users"] == manifest["n_users"]
+    model = ModelArtifact.load(model_dir)
+    uid = int(model.user_ids[0])
+    items = keys.decode_items(redis_client.get(keys.user(result["version"], uid)))
+    assert len(items) == 50
+    on_list = set(model.anime_ids[model.lists[0].indices].tolist())
+    assert not on_list & {a for a, _ in items}

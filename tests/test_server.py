@@ -1,0 +1,69 @@
+"""The real thing once: `fuserank serve` under gunicorn, over HTTP on 127.0.0.1."""
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import redis
+
+from fuserank.batch.pipeline import precompute
+from fuserank.redis_server import free_port
+
+
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.headers.get("Content-Type"), json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type"), json.loads(e.read())
+
+
+@pytest.fixture
+def server(trained_model, redis_url):
+    url = redis_url.rsplit("/", 1)[0] + "/4"
+    redis.Redis.from_url(url).flushdb()
+    precompute(trained_model[0], url)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "fuserank", "serve", "--model", trained_model[0],
+                             "--redis-url", url, "--port", str(port), "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if get(base + "/healthz")[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.3)
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+    yield base, proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+
+
+def test_gunicorn_serves_named_recommendations(server, trained_model):
+    base, proc = server
+    from fuserank.artifacts import ModelArtifact
+    uid = int(ModelArtifact.load(trained_model[0]).user_ids[0])
+    status, ctype, body = get(f"{base}/v1/users/{uid}/recommendations?n=10")
+    assert status == 200 and ctype.startswith("application/json")
+    assert body["source"] == "precomputed" and len(body["items"]) == 10
+    assert all(item["name"] for item in body["items"])
+    assert get(f"{base}/readyz")[0] == 200
+    status, ctype, body = get(f"{base}/v1/users/abc/recommendations")
+    assert status == 400 and ctype.startswith("application/json") and body["error"]["parameter"] == "user_id"
+    status, _, body = get(f"{base}/v1/anime/424242424/similar")
+    assert status == 404 and "error" in body
+    for _ in range(20):  # both workers answer
+        assert get(f"{base}/v1/users/{uid}/recommendations?n=3")[0] == 200
+
+
+def test_sigint_stops_gunicorn(server):
+    base, proc = server
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(20) == 0
