@@ -1,0 +1,466 @@
+"""Streaming readers for MyAnimeList ratings and anime metadata dumps.
+
+Ratings files hold 57M-109M rows, so the normal path is pyarrow's streaming CSV reader with
+explicit integer types, accumulating compact numpy arrays per block. Exact error locations are
+only needed when something is wrong, so they come from separate slow passes: a ``csv``-module
+diagnostic that raises at the first bad line (strict mode), or a vectorised line-by-line pass that
+skips and reports bad rows (lenient mode). Both apply the rules in ``fuserank.schemas.ingest``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from fuserank import storage
+from fuserank.errors import InputError
+from fuserank.schemas import ingest as S
+
+log = logging.getLogger("fuserank.ingest")
+
+BLOCK_BYTES = 4 << 20
+HEADER_LIMIT = 1 << 16
+MAX_EXAMPLES = 10
+MAX_LINE_BYTES = 1 << 20
+INT32_MAX = np.iinfo(np.int32).max
+_INT_RE = re.compile(S.INT_PATTERN)
+_RATING_EXPECTED = f"an integer rating from {S.RATING_MIN} to {S.RATING_MAX}"
+_ID_EXPECTED = "a non-negative integer id"
+
+
+@dataclass
+class SkipReport:
+    """Rows dropped in lenient mode: the exact count plus the first few, for the manifest."""
+
+    rows: int = 0
+    examples: list = field(default_factory=list)
+
+    def add(self, path, line, field_name, reason):
+        self.rows += 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append({"file": str(path), "line": int(line), "field": field_name, "reason": reason})
+
+    def as_dict(self) -> dict:
+        return {"rows": self.rows, "first_lines": [e["line"] for e in self.examples], "examples": self.examples}
+
+
+@dataclass
+class Ratings:
+    """Raw rating rows in file order; ids are int32 when they fit, else int64."""
+
+    user: np.ndarray
+    anime: np.ndarray
+    rating: np.ndarray
+    layout: str
+    seconds: float
+
+
+@dataclass
+class Metadata:
+    """Anime metadata normalised to one row per anime id, sorted by id."""
+
+    anime_id: np.ndarray
+    name: list
+    genres: list
+    type: list
+    layout: str
+
+
+class _FastPathFailed(Exception):
+    """The typed reader met something it cannot represent; a slow pass must say where."""
+
+
+# ---------------------------------------------------------------- opening and headers
+
+def open_input(path):
+    """open_binary with missing or unreadable inputs reported as InputError."""
+    try:
+        return storage.open_binary(path)
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except (IsADirectoryError, PermissionError) as exc:
+        raise InputError(path, f"cannot open: {exc.strerror or exc}") from None
+
+
+def read_header(stream, path) -> list[str]:
+    """Consume and parse line 1, leaving the stream at the first data row."""
+    raw = stream.readline(HEADER_LIMIT)
+    if not raw.strip():
+        raise InputError(path, "empty file: no header", line=1, expected="a CSV header line")
+    if not raw.endswith(b"\n") and len(raw) >= HEADER_LIMIT:
+        raise InputError(path, "no line break within the first 64 KiB", line=1, expected="a CSV header line")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"header is not valid UTF-8 ({exc.reason} at byte {exc.start})", line=1) from None
+    text = text.rstrip("\r\n")
+    if "\r" in text:
+        raise InputError(path, "bare carriage return in the header line", line=1, expected="\\n or \\r\\n line endings")
+    header = S.normalise_header(next(csv.reader([text])))
+    duplicates = sorted({h for h in header if header.count(h) > 1})
+    if duplicates:
+        raise InputError(path, "duplicate column in header", line=1, field=duplicates[0])
+    return header
+
+
+def require_columns(path, header, required, expected):
+    for name in required:
+        if name not in header:
+            raise InputError(path, f"missing required column {name!r}", line=1, field=name, expected=expected)
+
+
+# ---------------------------------------------------------------- ratings
+
+def read_ratings(path, lenient=False, chunk_rows=2_000_000, block_bytes=BLOCK_BYTES,
+                 skipped: SkipReport | None = None) -> Ratings:
+    """Read a ratings file of any known layout into numpy arrays (file order kept)."""
+    started = time.perf_counter()
+    skipped = skipped if skipped is not None else SkipReport()
+    with open_input(path) as stream:
+        header = read_header(stream, path)
+        require_columns(path, header, S.RATING_COLUMNS, "header with columns " + ", ".join(S.RATING_COLUMNS))
+        try:
+            arrays = _read_typed(stream, path, header, chunk_rows, block_bytes)
+        except _FastPathFailed as exc:
+            failure = str(exc)
+        else:
+            failure = None
+    if failure is not None:
+        if not lenient:
+            diagnose_ratings(path, header)
+            raise InputError(path, f"could not read the file: {failure}")
+        log.warning("%s: malformed rows (%s); re-reading line by line to skip them", path, failure)
+        arrays = _read_lenient(path, header, chunk_rows, block_bytes, skipped)
+    user, anime, rating = arrays
+    saw_minus_one = bool(len(rating)) and int(rating.min()) == -1
+    return Ratings(user, anime, rating, S.rating_layout_name(header, saw_minus_one),
+                   time.perf_counter() - started)
+
+
+class _Accumulator:
+    """Collects per-block arrays, consolidating every ``chunk_rows`` rows and logging progress."""
+
+    def __init__(self, path, chunk_rows):
+        self.path, self.chunk_rows = path, max(1, int(chunk_rows))
+        self.chunks, self.pending, self.pending_rows, self.rows = [], [], 0, 0
+        self.started = time.perf_counter()
+
+    def add(self, user, anime, rating):
+        self.pending.append((_compact_ids(user), _compact_ids(anime), rating.astype(np.int8, copy=False)))
+        self.pending_rows += len(rating)
+        if self.pending_rows >= self.chunk_rows:
+            self._flush()
+
+    def _flush(self):
+        if not self.pending:
+            return
+        self.chunks.append(tuple(np.concatenate(cols) for cols in zip(*self.pending)))
+        self.rows += self.pending_rows
+        self.pending, self.pending_rows = [], 0
+        elapsed = time.perf_counter() - self.started
+        log.info("%s: %d rows read (%.1fM rows/s)", self.path, self.rows, self.rows / max(elapsed, 1e-9) / 1e6)
+
+    def finish(self):
+        self._flush()
+        if not self.chunks:
+            return np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.int8)
+        return tuple(np.concatenate(cols) for cols in zip(*self.chunks))
+
+
+def _compact_ids(ids: np.ndarray) -> np.ndarray:
+    """int32 halves memory on 100M-row files; larger ids stay int64 (concatenate promotes)."""
+    if len(ids) and ids.max() > INT32_MAX:
+        return ids.astype(np.int64, copy=False)
+    return ids.astype(np.int32)
+
+
+def _read_typed(stream, path, header, chunk_rows, block_bytes):
+    read_options = pacsv.ReadOptions(column_names=header, block_size=block_bytes, use_threads=True)
+    convert_options = pacsv.ConvertOptions(
+        column_types={S.USER_COL: pa.int64(), S.ANIME_COL: pa.int64(), S.RATING_COL: pa.int8()},
+        include_columns=list(S.RATING_COLUMNS),
+    )
+    acc = _Accumulator(path, chunk_rows)
+    try:
+        for batch in pacsv.open_csv(stream, read_options=read_options, convert_options=convert_options):
+            acc.add(*_checked_batch(batch))
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        if not _is_empty_body(exc, acc):
+            raise _FastPathFailed(str(exc)) from None
+    return acc.finish()
+
+
+def _is_empty_body(exc, acc) -> bool:
+    """pyarrow refuses a header-only file; for us that is simply zero rows."""
+    return str(exc).startswith("Empty CSV file") and acc.rows == 0 and not acc.pending
+
+
+def _checked_batch(batch):
+    """Numpy views of one record batch, or _FastPathFailed if a value breaks the contract."""
+    if any(col.null_count for col in batch.columns):
+        raise _FastPathFailed("missing value")
+    user, anime, rating = (col.to_numpy() for col in batch.columns)
+    if len(rating) == 0:
+        return user, anime, rating
+    if user.min() < 0 or anime.min() < 0:
+        raise _FastPathFailed("negative id")
+    if rating.min() < S.RATING_MIN or rating.max() > S.RATING_MAX:
+        raise _FastPathFailed("rating out of range")
+    return user, anime, rating
+
+
+# ---------------------------------------------------------------- strict diagnostic pass
+
+def diagnose_ratings(path, header):
+    """Slow csv-module pass that raises InputError at the first line breaking the contract."""
+    positions = [(name, header.index(name)) for name in S.RATING_COLUMNS]
+    for line, row in _csv_rows(path):
+        problem = _row_problem(row, header, positions)
+        if problem:
+            field_name, message, expected = problem
+            raise InputError(path, message, line=line, field=field_name, expected=expected)
+
+
+def _csv_rows(path):
+    """(line number, fields) for each non-blank data row; undecodable bytes become surrogates."""
+    with open_input(path) as stream:
+        text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
+        reader = csv.reader(text, strict=True)
+        start = 1
+        try:
+            next(reader, None)
+            while True:
+                start = reader.line_num + 1
+                row = next(reader, None)
+                if row is None:
+                    return
+                if row:
+                    yield start, row
+        except csv.Error as exc:
+            raise InputError(path, f"malformed CSV ({exc})", line=start,
+                             expected="quotes closed on the line they open") from None
+
+
+def _row_problem(row, header, positions):
+    """(field, message, expected) for the first rule a ratings row breaks, else None."""
+    if _has_surrogates(row):
+        return _non_utf8_field(row, header), "not valid UTF-8", "UTF-8 text"
+    if len(row) != len(header):
+        field_name = header[len(row)] if len(row) < len(header) else f"<extra field {len(header) + 1}>"
+        return field_name, f"found {len(row)} fields", f"{len(header)} fields: {','.join(header)}"
+    for name, pos in positions:
+        text = row[pos].strip()
+        is_rating = name == S.RATING_COL
+        expected = _RATING_EXPECTED if is_rating else _ID_EXPECTED
+        if not text:
+            return name, "missing value", expected
+        if not _INT_RE.match(text):
+            return name, f"not an integer: {text[:40]!r}", expected
+        value = int(text)
+        if is_rating and not S.RATING_MIN <= value <= S.RATING_MAX:
+            return name, f"rating {value} out of range", expected
+        if not is_rating and value < 0:
+            return name, f"negative id {value}", expected
+    return None
+
+
+def _non_utf8_field(row, header) -> str | None:
+    bad = next(i for i, value in enumerate(row) if _has_surrogates([value]))
+    return header[bad] if bad < len(header) else None
+
+
+def _has_surrogates(row) -> bool:
+    try:
+        "\x1f".join(row).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+# ---------------------------------------------------------------- lenient line pass
+
+_REASONS = ("", "wrong number of fields", "not valid UTF-8", "missing value", "not an integer",
+            "negative id", "rating out of range")
+_WRONG_COUNT, _NOT_UTF8, _MISSING, _NOT_INT, _NEGATIVE, _RANGE = range(1, 7)
+
+
+def _read_lenient(path, header, chunk_rows, block_bytes, skipped: SkipReport):
+    """Vectorised pass over physical lines that keeps valid rows and reports the others."""
+    acc = _Accumulator(path, chunk_rows)
+    line = 2
+    with open_input(path) as stream:
+        read_header(stream, path)
+        carry = b""
+        while True:
+            block = stream.read(block_bytes)
+            data = carry + block
+            final = not block
+            consumed, n_lines, arrays = _parse_lines(path, data, final, line, header, skipped)
+            acc.add(*arrays)
+            line += n_lines
+            carry = data[consumed:]
+            if len(carry) > MAX_LINE_BYTES:
+                raise InputError(path, "line longer than 1 MiB", line=line, expected="a short CSV row")
+            if final:
+                break
+    return acc.finish()
+
+
+def _line_ends(buf: np.ndarray, final: bool) -> np.ndarray:
+    """Exclusive end offsets of complete lines; \\n, \\r\\n and a lone \\r all end a line."""
+    newline = buf == 10
+    cr = buf == 13
+    cr[:-1] &= ~newline[1:]
+    if not final and len(buf):
+        cr[-1] = False
+    ends = np.flatnonzero(newline | cr) + 1
+    if final and len(buf) and (not len(ends) or ends[-1] != len(buf)):
+        ends = np.append(ends, len(buf))
+    return ends
+
+
+def _parse_lines(path, data: bytes, final: bool, first_line: int, header, skipped: SkipReport):
+    """Parse the complete lines of ``data``; returns (bytes consumed, lines, (user, anime, rating))."""
+    buf = np.frombuffer(data, np.uint8)
+    ends = _line_ends(buf, final)
+    n = len(ends)
+    consumed = int(ends[-1]) if n else 0
+    reason = np.zeros(n, np.int8)
+    bad_field = np.full(n, -1, np.int8)
+    high = np.flatnonzero(buf[:consumed] >= 0x80)
+    if len(high):
+        buf = _mark_non_utf8(data, buf, high, ends, reason)
+    offsets = np.concatenate(([0], ends)).astype(np.int32)
+    lines = pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(buf[:consumed].tobytes())])
+    arrays = _parse_fields(lines, header, reason, bad_field)
+    _report(path, first_line, reason, bad_field, skipped)
+    return consumed, n, arrays
+
+
+def _mark_non_utf8(data, buf, high, ends, reason):
+    """Flag lines with invalid UTF-8; mask non-ASCII bytes so the rest parses as ASCII text."""
+    for idx in np.unique(np.searchsorted(ends, high, side="right")):
+        start = int(ends[idx - 1]) if idx else 0
+        try:
+            data[start:int(ends[idx])].decode("utf-8")
+        except UnicodeDecodeError:
+            reason[idx] = _NOT_UTF8
+    buf = buf.copy()
+    buf[buf >= 0x80] = ord("?")
+    return buf
+
+
+def _parse_fields(lines, header, reason, bad_field):
+    """Validate and convert the rating columns of each line; fills reason/bad_field for bad lines."""
+    text = pc.utf8_rtrim(lines, characters="\r\n")
+    blank = np.asarray(pc.equal(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False))
+    parts = pc.split_pattern(text, pattern=",")
+    counts = pc.list_value_length(parts).to_numpy(zero_copy_only=False)
+    reason[(reason == 0) & ~blank & (counts != len(header))] = _WRONG_COUNT
+    rows = np.flatnonzero((reason == 0) & ~blank)
+    fields = parts.take(pa.array(rows))
+    values = []
+    for pos_in_contract, name in enumerate(S.RATING_COLUMNS):
+        raw = pc.utf8_trim_whitespace(pc.list_element(fields, header.index(name)))
+        value_text = pc.utf8_trim_whitespace(pc.replace_substring_regex(raw, r'^"(.*)"$', r"\1"))
+        is_int = pc.match_substring_regex(value_text, S.INT_PATTERN).to_numpy(zero_copy_only=False)
+        value = pc.cast(pc.if_else(is_int, value_text, "0"), pa.int64()).to_numpy()
+        code = np.zeros(len(rows), np.int8)
+        if name == S.RATING_COL:
+            code[(value < S.RATING_MIN) | (value > S.RATING_MAX)] = _RANGE
+        else:
+            code[value < 0] = _NEGATIVE
+        code[~is_int] = _NOT_INT
+        code[pc.utf8_length(value_text).to_numpy(zero_copy_only=False) == 0] = _MISSING
+        fresh = (reason[rows] == 0) & (code != 0)
+        reason[rows[fresh]] = code[fresh]
+        bad_field[rows[fresh]] = pos_in_contract
+        values.append(value)
+    keep = reason[rows] == 0
+    user, anime, rating = (v[keep] for v in values)
+    return user, anime, rating
+
+
+def _report(path, first_line, reason, bad_field, skipped: SkipReport):
+    bad = np.flatnonzero(reason)
+    room = max(0, MAX_EXAMPLES - len(skipped.examples))
+    for idx in bad[:room]:
+        field_name = S.RATING_COLUMNS[bad_field[idx]] if bad_field[idx] >= 0 else None
+        skipped.add(path, first_line + int(idx), field_name, _REASONS[reason[idx]])
+    skipped.rows += max(0, len(bad) - room)
+
+
+# ---------------------------------------------------------------- anime metadata
+
+def read_metadata(path, lenient=False, skipped: SkipReport | None = None) -> Metadata:
+    """Read any known anime.csv layout into one row per anime id: name, genres "A, B", type."""
+    skipped = skipped if skipped is not None else SkipReport()
+    with open_input(path) as stream:
+        header = read_header(stream, path)
+    layout = _metadata_layout(path, header)
+    id_pos, name_pos, genres_pos, type_pos = (header.index(c) for c in layout.required)
+    first_line: dict[int, int] = {}
+    names, genres, types = [], [], []
+    for line, row in _csv_rows(path):
+        problem = _metadata_problem(row, header, id_pos, first_line)
+        if problem:
+            field_name, message, expected = problem
+            if not lenient:
+                raise InputError(path, message, line=line, field=field_name, expected=expected)
+            skipped.add(path, line, field_name, message)
+            continue
+        first_line[int(row[id_pos])] = line
+        names.append(row[name_pos].strip() or None)
+        genres.append(_genres(row[genres_pos]))
+        types.append(_anime_type(row[type_pos]))
+    ids = np.fromiter(first_line, np.int64, len(first_line))
+    order = np.argsort(ids, kind="stable")
+    pick = order.tolist()
+    return Metadata(ids[order], [names[i] for i in pick], [genres[i] for i in pick], [types[i] for i in pick],
+                    layout.name)
+
+
+def _metadata_layout(path, header) -> S.MetadataLayout:
+    for layout in S.METADATA_LAYOUTS:
+        if all(c in header for c in layout.required):
+            return layout
+    closest = min(S.METADATA_LAYOUTS, key=lambda lay: sum(c not in header for c in lay.required))
+    missing = next(c for c in closest.required if c not in header)
+    expected = " | ".join(f"{lay.name}: {','.join(lay.required)}" for lay in S.METADATA_LAYOUTS)
+    raise InputError(path, f"missing required column {missing!r} (closest layout: {closest.name})",
+                     line=1, field=missing, expected=f"one of {expected}")
+
+
+def _metadata_problem(row, header, id_pos, first_line):
+    """(field, message, expected) for the first rule a metadata row breaks, else None."""
+    if _has_surrogates(row):
+        return _non_utf8_field(row, header), "not valid UTF-8", "UTF-8 text"
+    if len(row) != len(header):
+        return None, f"found {len(row)} fields", f"{len(header)} fields as in the header"
+    name = header[id_pos]
+    text = row[id_pos].strip()
+    if not text:
+        return name, "missing value", _ID_EXPECTED
+    if not _INT_RE.match(text) or int(text) < 0:
+        return name, f"not a valid id: {text[:40]!r}", _ID_EXPECTED
+    if int(text) in first_line:
+        return name, f"duplicate anime id {int(text)} (first on line {first_line[int(text)]})", "unique anime ids"
+    return None
+
+
+def _genres(text: str) -> str:
+    parts = (g.strip() for g in text.split(","))
+    return ", ".join(g for g in parts if g and g.lower() not in S.MISSING_VALUES)
+
+
+def _anime_type(text: str) -> str:
+    kind = text.strip()
+    return S.UNKNOWN_TYPE if kind.lower() in S.MISSING_VALUES else kind
