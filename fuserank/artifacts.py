@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -44,6 +46,41 @@ def content_version(model_dir: str, extra: bytes = b"") -> tuple[str, dict]:
     return digest[:16], hashes
 
 
+def localise(model_dir: str) -> str:
+    """A local directory with the artifact: the path itself, or a verified cached copy of a ``gs://`` one.
+
+    Dataflow workers and API pods read the model from GCS; every file is checked against the
+    sha256 in the manifest, so a half-uploaded or tampered artifact is refused.
+    """
+    from fuserank import storage
+    if not storage.is_gcs(model_dir):
+        return model_dir
+    uri = model_dir.rstrip("/")
+    root = os.environ.get("FUSERANK_CACHE") or os.path.join(tempfile.gettempdir(), "fuserank-models")
+    local = os.path.join(root, hashlib.sha256(uri.encode()).hexdigest()[:16])
+    os.makedirs(local, exist_ok=True)
+    try:
+        with storage.open_binary(f"{uri}/{MANIFEST}") as fh:
+            manifest_bytes = fh.read()
+    except FileNotFoundError:
+        raise ArtifactError(f"{uri}/{MANIFEST}: missing (is this a FuseRank model directory?)") from None
+    expected = json.loads(manifest_bytes).get("files", {})
+    for name in VERSIONED_FILES:
+        target = os.path.join(local, name)
+        if os.path.exists(target) and file_sha256(target) == expected.get(name):
+            continue
+        tmp = f"{target}.part-{os.getpid()}"
+        with storage.open_binary(f"{uri}/{name}") as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        if expected.get(name) and file_sha256(tmp) != expected[name]:
+            os.remove(tmp)
+            raise ArtifactError(f"{uri}/{name}: content does not match the manifest's sha256")
+        os.replace(tmp, target)
+    with open(os.path.join(local, MANIFEST), "wb") as fh:
+        fh.write(manifest_bytes)
+    return local
+
+
 def save_user_lists(path: str, lists: sp.csr_matrix) -> None:
     np.savez_compressed(path, indptr=lists.indptr.astype(np.int64), indices=lists.indices.astype(np.int32),
                         ratings=lists.data.astype(np.int8), shape=np.array(lists.shape, dtype=np.int64))
@@ -72,6 +109,8 @@ class ModelArtifact:
 
     @classmethod
     def load(cls, model_dir: str) -> "ModelArtifact":
+        """Load from a local directory or a ``gs://`` URI (cached locally, checksums verified)."""
+        model_dir = localise(model_dir)
         manifest = _read_json(os.path.join(model_dir, MANIFEST))
         try:
             user_emb = np.load(os.path.join(model_dir, USER_EMB))
@@ -87,6 +126,15 @@ class ModelArtifact:
         anime = anime.sort_values("anime").reset_index(drop=True)
         return cls(model_dir, manifest, user_emb.astype(np.float32), anime_emb.astype(np.float32),
                    users.sort_values("user")["user_id"].to_numpy(np.int64), anime, lists)
+
+    @classmethod
+    def from_arrays(cls, user_emb: np.ndarray, anime_emb: np.ndarray, user_ids: np.ndarray,
+                    anime_ids: np.ndarray, lists: sp.csr_matrix, version: str = "in-memory") -> "ModelArtifact":
+        """An artifact that never touched disk (offline evaluation trains one per split)."""
+        anime = pd.DataFrame({"anime": np.arange(len(anime_ids), dtype=np.int32), "anime_id": anime_ids,
+                              "name": [f"Anime {a}" for a in anime_ids], "genres": "", "type": "Unknown"})
+        return cls("", {"model_version": version}, user_emb.astype(np.float32), anime_emb.astype(np.float32),
+                   np.asarray(user_ids, np.int64), anime, lists.tocsr())
 
     @property
     def version(self) -> str:

@@ -39,6 +39,13 @@ def _weight(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = _weight(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return value
+
+
 def _parser(prog: str, **kw) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=prog, allow_abbrev=False,
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kw)
@@ -58,6 +65,8 @@ def _hybrid_flags(p: argparse.ArgumentParser) -> None:
                    help="stage 1: similar users that vote")
     p.add_argument("--like-threshold", type=_int_in(1, 10), default=d.like_threshold,
                    help="raw rating that counts as liked")
+    p.add_argument("--stage1-seeds", type=_int_in(1, 1000), default=d.stage1_seeds,
+                   help="stage 2 expands from this many stage-1 picks (plus the user's own liked anime)")
     p.add_argument("--weight-stage1", type=_weight, default=d.weight_stage1)
     p.add_argument("--weight-stage2", type=_weight, default=d.weight_stage2)
     p.add_argument("--weight-model", type=_weight, default=d.weight_model)
@@ -86,16 +95,25 @@ def cmd_train(argv):
     p = _parser("fuserank train", description="Train the TensorFlow MF model and export the artifact.")
     p.add_argument("--data", required=True, help="directory written by `fuserank ingest`")
     p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--epochs", type=_int_in(1, 1000), default=20)
+    p.add_argument("--epochs", type=_int_in(1, 10000), default=None,
+                   help="maximum epochs (early stopping ends sooner); default 20 for rating, 150 for ranking, "
+                        "whose epochs are one cheap pass over users")
     p.add_argument("--embedding-dim", type=_int_in(1, 4096), default=128)
     p.add_argument("--seed", type=_int_in(0), default=0)
-    p.add_argument("--objective", choices=["rating"], default="rating")
+    p.add_argument("--objective", choices=["rating", "ranking"], default="rating",
+                   help="rating: the seed's sigmoid regression; ranking: softmax over all anime (better lists)")
     p.add_argument("--batch-size", type=_int_in(1), default=10_000, help="upper bound; shrunk on small data")
-    p.add_argument("--patience", type=_int_in(1), default=3, help="early-stopping patience (epochs)")
+    p.add_argument("--patience", type=_int_in(1), default=None,
+                   help="early-stopping patience in epochs; default 3 for rating, 5 for ranking")
+    p.add_argument("--temperature", type=_positive_float, default=0.15,
+                   help="ranking: softmax temperature on the cosine logits")
+    p.add_argument("--positive-weight", type=_positive_float, default=2.0,
+                   help="ranking: weight of ratings >= 8 relative to other ratings")
     a = p.parse_args(argv)
     from fuserank.training.train import train
     manifest = train(a.data, a.out, epochs=a.epochs, embedding_dim=a.embedding_dim, seed=a.seed,
-                     objective=a.objective, batch_size=a.batch_size, patience=a.patience)
+                     objective=a.objective, batch_size=a.batch_size, patience=a.patience,
+                     temperature=a.temperature, positive_weight=a.positive_weight)
     print(json.dumps({"model_version": manifest["model_version"], **manifest["metrics"]}, indent=2))
 
 
@@ -136,18 +154,60 @@ def cmd_demo(argv):
     p.add_argument("--work-dir", default="runs/demo", help="where data and model go")
     _redis_url(p, required=False)
     p.add_argument("--min-user-ratings", type=_int_in(1), default=20)
-    p.add_argument("--epochs", type=_int_in(1, 1000), default=20)
+    p.add_argument("--objective", choices=["rating", "ranking"], default="ranking",
+                   help="training objective (ranking: what the served hybrid is tuned for)")
+    p.add_argument("--epochs", type=_int_in(1, 10000), default=None, help="see `fuserank train --help`")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_int_in(1, 65535), default=8000)
     p.add_argument("--no-serve", action="store_true", help="stop after printing recommendations")
     a = p.parse_args(argv)
     from fuserank.demo import run_demo
     run_demo(a.ratings, a.anime, a.work_dir, a.redis_url, a.min_user_ratings, a.epochs, a.host, a.port,
-             serve=not a.no_serve)
+             serve=not a.no_serve, objective=a.objective)
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip() != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"expected one or more non-negative integers, got {text!r}")
+    return seeds
+
+
+def cmd_evaluate(argv):
+    p = _parser("fuserank evaluate", description="Either compare FuseRank with the baselines under the fixed "
+                "protocol (--ratings/--out), or score one trained model on its ingest test split (--model/--data).")
+    p.add_argument("--ratings", help="user_id,anime_id,rating CSV for the comparison")
+    p.add_argument("--anime", help="anime metadata (accepted for symmetry with ingest; not needed)")
+    p.add_argument("--out", help="comparison output directory (results.md, results.csv, ndcg_at_10.png)")
+    p.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="split seeds, comma-separated")
+    p.add_argument("--min-user-ratings", type=_int_in(1), default=20)
+    p.add_argument("--model", help="model directory to score (publish gate)")
+    p.add_argument("--data", help="the ingest directory the model was trained on")
+    p.add_argument("--no-rating-objective", action="store_true",
+                   help="comparison: skip the seed's rating-objective rows (faster)")
+    _hybrid_flags(p)
+    a = p.parse_args(argv)
+    if a.model or a.data:
+        if not (a.model and a.data) or a.ratings or a.out:
+            p.error("--model and --data go together, without --ratings/--out")
+        from fuserank.evaluation.model_eval import evaluate_model_dir
+        print(json.dumps(evaluate_model_dir(a.model, a.data, _settings(a)), indent=2))
+        return
+    if not (a.ratings and a.out):
+        p.error("the comparison needs --ratings and --out (or use --model with --data)")
+    from fuserank.evaluation.compare import run_comparison
+    from fuserank.evaluation.fuserank_methods import TrainOptions, fuserank_methods
+    rating = None if a.no_rating_objective else TrainOptions(objective="rating", epochs=20, patience=3)
+    run_comparison(a.ratings, a.out, seeds=tuple(a.seeds), min_user_ratings=a.min_user_ratings,
+                           extra_methods=fuserank_methods(_settings(a), rating_options=rating))
+    print(open(os.path.join(a.out, "results.md")).read())
 
 
 COMMANDS = {"ingest": cmd_ingest, "train": cmd_train, "precompute": cmd_precompute, "serve": cmd_serve,
-            "demo": cmd_demo}
+            "demo": cmd_demo, "evaluate": cmd_evaluate}
 
 
 def main(argv: list[str] | None = None) -> int:

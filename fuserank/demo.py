@@ -20,8 +20,8 @@ def _stage(name: str, fn, *args, **kwargs):
     return result
 
 
-def run_demo(ratings, anime, work_dir, redis_url, min_user_ratings=20, epochs=20, host="127.0.0.1",
-             port=8000, serve=True):
+def run_demo(ratings, anime, work_dir, redis_url, min_user_ratings=20, epochs=None, host="127.0.0.1",
+             port=8000, serve=True, objective="ranking"):
     from fuserank.batch.pipeline import precompute
     from fuserank.redis_server import LocalRedis
     from fuserank.training.ingest import ingest
@@ -39,10 +39,13 @@ def run_demo(ratings, anime, work_dir, redis_url, min_user_ratings=20, epochs=20
         print(f"== started embedded redis-server ({local.binary}) at {redis_url}", flush=True)
     try:
         _stage("ingest", ingest, ratings, data_dir, anime=anime, min_user_ratings=min_user_ratings)
-        manifest = _stage("train", train, data_dir, model_dir, epochs=epochs)
+        manifest = _stage("train", train, data_dir, model_dir, epochs=epochs, objective=objective)
         m = manifest["metrics"]
-        print(f"   test loss {m['test_loss']:.4f}  MAE {m['test_mae']:.4f}  MSE {m['test_mse']:.4f}  "
-              f"(train-mean predictor MAE {m['baseline_test_mae']:.4f})", flush=True)
+        if objective == "rating":
+            print(f"   test loss {m['test_loss']:.4f}  MAE {m['test_mae']:.4f}  MSE {m['test_mse']:.4f}  "
+                  f"(train-mean predictor MAE {m['baseline_test_mae']:.4f})", flush=True)
+        else:
+            print(f"   {objective} objective: test loss {m['test_loss']:.4f}, best epoch {m['best_epoch']}", flush=True)
         result = _stage("precompute", precompute, model_dir, redis_url)
         print(f"   published list version {result['version']}: {result['users']} users, {result['anime']} anime",
               flush=True)

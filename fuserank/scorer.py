@@ -73,7 +73,15 @@ class HybridScorer:
     def score_vectors(self, queries: np.ndarray, liked: sp.csr_matrix, on_list: sp.csr_matrix,
                       self_index: np.ndarray | None = None, n: int | None = None,
                       include_adult: bool = False) -> Ranked:
-        """The hybrid for arbitrary user vectors: model users, or new users folded into the space."""
+        """The hybrid top-n for arbitrary user vectors: model users, or new users folded into the space."""
+        combined = self.combined_scores(queries, liked, on_list, self_index, include_adult)
+        items, scores = top_k_rows(combined, n or self.settings.top_n)
+        items[~np.isfinite(scores)] = -1
+        return Ranked(items, np.where(np.isfinite(scores), scores, 0.0).astype(np.float32))
+
+    def combined_scores(self, queries: np.ndarray, liked: sp.csr_matrix, on_list: sp.csr_matrix,
+                        self_index: np.ndarray | None = None, include_adult: bool = False) -> np.ndarray:
+        """Dense (users x anime) hybrid scores in [0, 1]; -inf where an anime is not a candidate."""
         s, m = self.settings, self.model
         b = queries.shape[0]
         rows = np.arange(b)
@@ -103,6 +111,4 @@ class HybridScorer:
         total = s.weight_stage1 + s.weight_stage2 + s.weight_model
         combined = np.round(combined / (total or 1.0), SCORE_DECIMALS)
         combined[~candidates] = -np.inf
-        items, scores = top_k_rows(combined, n or s.top_n)
-        items[~np.isfinite(scores)] = -1
-        return Ranked(items, np.where(np.isfinite(scores), scores, 0.0).astype(np.float32))
+        return combined

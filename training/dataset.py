@@ -50,9 +50,9 @@ def load_unrated(data_dir: str) -> tuple[np.ndarray, np.ndarray]:
     return t["user"].to_numpy().astype(np.int32), t["anime"].to_numpy().astype(np.int32)
 
 
-def to_dataset(split: SplitArrays, batch_size: int, shuffle: bool, seed: int = 0) -> tf.data.Dataset:
-    """(features, target) batches; shuffling is a fresh permutation per epoch over the whole split."""
-    ds = tf.data.Dataset.from_tensor_slices(({"user": split.user, "anime": split.anime}, split.rating))
+def to_dataset(arrays: tuple, batch_size: int, shuffle: bool, seed: int = 0) -> tf.data.Dataset:
+    """Batches of ``(features, target[, weight])``; shuffling is a fresh permutation per epoch."""
+    ds = tf.data.Dataset.from_tensor_slices(arrays)
     if shuffle:
-        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(arrays[1]), seed=seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -68,3 +68,41 @@ class WarmupExpDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
     return max(1, math.ceil(n_train / batch_size))
+
+
+@keras.saving.register_keras_serializable(package="fuserank")
+class CosineSoftmaxLogits(keras.layers.Layer):
+    """Holds the anime embeddings; maps a user vector to cosine/temperature logits over every anime."""
+
+    def __init__(self, n_anime: int, dim: int, temperature: float, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.n_anime, self.dim, self.temperature, self.seed = n_anime, dim, temperature, seed
+
+    def build(self, input_shape):
+        self.embeddings = self.add_weight(
+            name="embeddings", shape=(self.n_anime, self.dim),
+            initializer=keras.initializers.RandomNormal(stddev=0.1, seed=self.seed))
+
+    def call(self, user_vectors):
+        u = keras.ops.normalize(user_vectors, axis=-1)
+        v = keras.ops.normalize(self.embeddings, axis=-1)
+        return keras.ops.matmul(u, keras.ops.transpose(v)) / self.temperature
+
+    def get_config(self):
+        return {**super().get_config(), "n_anime": self.n_anime, "dim": self.dim,
+                "temperature": self.temperature, "seed": self.seed}
+
+
+def build_ranking_model(n_users: int, n_anime: int, dim: int = 128, seed: int = 0,
+                        temperature: float = 0.1) -> keras.Model:
+    """Same 128-d user/anime embeddings and cosine, trained to rank: softmax over all anime.
+
+    Each rating is a positive for its user against every other anime, so the embeddings learn what a
+    user watches and likes, which is what the hybrid's cosine searches need.
+    """
+    init = keras.initializers.RandomNormal(stddev=0.1, seed=seed + 1)
+    user = keras.Input(name="user", shape=(1,), dtype="int32")
+    u = keras.layers.Embedding(n_users, dim, name="user_embedding", embeddings_initializer=init)(user)
+    u = keras.layers.Flatten()(u)
+    logits = CosineSoftmaxLogits(n_anime, dim, temperature, seed, name="anime_embedding")(u)
+    return keras.Model(inputs=user, outputs=logits, name="fuserank_softmax_mf")

@@ -6,19 +6,25 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from fuserank.training import dataset
 from fuserank.training.export import export_artifact
-from fuserank.training.model import (WarmupExpDecay, batch_size_for, build_rating_model,
+from fuserank.training.model import (WarmupExpDecay, batch_size_for, build_ranking_model, build_rating_model,
                                      steps_per_epoch)
 from fuserank.training.plots import plot_history
-from fuserank.training.tracking import start_experiment
+from fuserank.training.tracking import NullExperiment, start_experiment
 
 log = logging.getLogger("fuserank.train")
-OBJECTIVES = ("rating",)
+OBJECTIVES = ("rating", "ranking")
+DEFAULT_EPOCHS = {"rating": 20, "ranking": 150}
+DEFAULT_PATIENCE = {"rating": 3, "ranking": 5}
+RANKING_MAX_BATCH_USERS = 1024
+RANKING_MIN_STEPS = 16
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -51,63 +57,162 @@ def _replace_dir(tmp: str, out_dir: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def train(data: str, out: str, epochs: int = 20, embedding_dim: int = 128, seed: int = 0,
-          objective: str = "rating", batch_size: int = 10_000, patience: int = 3) -> dict:
+@dataclass
+class FitResult:
+    model: keras.Model
+    history: dict
+    params: dict
+    schedule: WarmupExpDecay
+
+    @property
+    def user_embeddings(self) -> np.ndarray:
+        return self.model.get_layer("user_embedding").get_weights()[0]
+
+    @property
+    def anime_embeddings(self) -> np.ndarray:
+        return self.model.get_layer("anime_embedding").get_weights()[0]
+
+
+def _inputs(split: dataset.SplitArrays):
+    """(features, target) arrays for the rating objective: one example per rating."""
+    return {"user": split.user, "anime": split.anime}, split.rating
+
+
+def multinomial_loss(y_true, logits):
+    """Softmax cross-entropy summed over each user's rated anime (weights in ``y_true``)."""
+    return -tf.reduce_sum(y_true * tf.nn.log_softmax(logits, axis=-1), axis=-1)
+
+
+def user_batches(split: dataset.SplitArrays, n_users: int, n_anime: int, batch_users: int, shuffle: bool,
+                 seed: int, positive_weight: float, like_threshold: int, low_weight: float = 1.0,
+                 low_threshold: int = 0) -> tf.data.Dataset:
+    """Batches of users with their weighted rated anime as a dense target row.
+
+    Equivalent to a softmax cross-entropy per rating, but each user's logits over all anime are
+    computed once per epoch instead of once per rating: ~n_ratings/n_users times less work.
+    """
+    weight = np.where(split.raw_rating >= like_threshold, positive_weight,
+                      np.where(split.raw_rating <= low_threshold, low_weight, 1.0)).astype(np.float32)
+    order = np.lexsort((split.anime, split.user))
+    counts = np.bincount(split.user, minlength=n_users)
+    splits = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    items = tf.RaggedTensor.from_row_splits(split.anime[order].astype(np.int64), splits)
+    weights = tf.RaggedTensor.from_row_splits(weight[order], splits)
+    users = np.flatnonzero(counts).astype(np.int32)
+
+    def densify(u):
+        it, wt = tf.gather(items, u), tf.gather(weights, u)
+        idx = tf.stack([it.value_rowids(), it.flat_values], axis=1)
+        return {"user": u}, tf.scatter_nd(idx, wt.flat_values, tf.stack([tf.shape(u, tf.int64)[0], n_anime]))
+
+    ds = tf.data.Dataset.from_tensor_slices(users)
+    if shuffle:
+        ds = ds.shuffle(len(users), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_users).map(densify, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def fit(train_s: dataset.SplitArrays, val_s: dataset.SplitArrays | None, n_users: int, n_anime: int,
+        objective: str = "rating", embedding_dim: int = 128, seed: int = 0, epochs: int = 20,
+        batch_size: int = 10_000, patience: int = 3, checkpoint_path: str | None = None, experiment=None,
+        temperature: float = 0.15, positive_weight: float = 2.0, like_threshold: int = 8,
+        low_weight: float = 1.0, low_threshold: int = 0) -> FitResult:
+    """Train one model on in-memory splits (used by `train` and by the offline evaluation).
+
+    ``rating``: the seed's per-rating regression, batches of ratings. ``ranking``: softmax over all
+    anime, batches of users (``batch_size`` then bounds users per batch, shrunk to give >= 16 steps).
+    """
     if objective not in OBJECTIVES:
         raise ValueError(f"--objective must be one of {OBJECTIVES}, got {objective!r}")
-    data_manifest = dataset.load_manifest(data)
-    train_s, val_s, test_s = (dataset.load_split(data, s) for s in dataset.SPLITS)
-    n_users, n_anime = data_manifest["counts"]["users_kept"], data_manifest["counts"]["anime"]
     keras.utils.set_random_seed(seed)
-
-    bs = batch_size_for(len(train_s), batch_size)
-    spe = steps_per_epoch(len(train_s), bs)
+    experiment = experiment or NullExperiment()
+    if objective == "rating":
+        bs = batch_size_for(len(train_s), batch_size)
+        spe = steps_per_epoch(len(train_s), bs)
+        train_ds = dataset.to_dataset(_inputs(train_s), bs, shuffle=True, seed=seed)
+        val_ds = dataset.to_dataset(_inputs(val_s), bs, shuffle=False) if val_s is not None else None
+    else:
+        active = int(np.count_nonzero(np.bincount(train_s.user, minlength=n_users)))
+        bs = int(max(8, min(batch_size, RANKING_MAX_BATCH_USERS, active // RANKING_MIN_STEPS)))
+        spe = steps_per_epoch(active, bs)
+        options = dict(positive_weight=positive_weight, like_threshold=like_threshold, low_weight=low_weight,
+                       low_threshold=low_threshold)
+        train_ds = user_batches(train_s, n_users, n_anime, bs, True, seed, **options)
+        val_ds = user_batches(val_s, n_users, n_anime, bs, False, seed, **options) if val_s is not None else None
     schedule = WarmupExpDecay(spe)
-    model = build_rating_model(n_users, n_anime, embedding_dim, seed)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule), loss="binary_crossentropy",
-                  metrics=["mae", "mse"])
+    optimizer = keras.optimizers.Adam(learning_rate=schedule)
+    if objective == "rating":
+        model = build_rating_model(n_users, n_anime, embedding_dim, seed)
+        model.compile(optimizer=optimizer, loss="binary_crossentropy", metrics=["mae", "mse"])
+    else:
+        model = build_ranking_model(n_users, n_anime, embedding_dim, seed, temperature)
+        model.compile(optimizer=optimizer, loss=multinomial_loss)
     params = {"objective": objective, "epochs": epochs, "embedding_dim": embedding_dim, "seed": seed,
               "batch_size": bs, "steps_per_epoch": spe, "lr_scale": schedule.scale, "patience": patience,
               "n_users": n_users, "n_anime": n_anime, "n_train": len(train_s)}
+    if objective == "ranking":
+        params.update(temperature=temperature, positive_weight=positive_weight, like_threshold=like_threshold)
     log.info("training %s", params)
+    experiment.log_parameters(params)
+
+    epoch_log = EpochLog(schedule, epochs, experiment)
+    callbacks = [epoch_log]
+    if val_ds is not None:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
+                                                       restore_best_weights=True))
+    if checkpoint_path and val_ds is not None:
+        callbacks.append(keras.callbacks.ModelCheckpoint(checkpoint_path, monitor="val_loss", save_best_only=True,
+                                                         save_weights_only=True))
+    history = model.fit(train_ds, epochs=epochs, validation_data=val_ds, callbacks=callbacks, verbose=0).history
+    history = {k: [float(x) for x in v] for k, v in history.items()}
+    history["learning_rate"] = epoch_log.learning_rates
+    return FitResult(model, history, params, schedule)
+
+
+def train(data: str, out: str, epochs: int | None = None, embedding_dim: int = 128, seed: int = 0,
+          objective: str = "rating", batch_size: int = 10_000, patience: int | None = None,
+          **objective_options) -> dict:
+    """`fuserank train`: fit on the ingest output, evaluate on its test split, export the artifact."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"--objective must be one of {OBJECTIVES}, got {objective!r}")
+    epochs = epochs or DEFAULT_EPOCHS[objective]
+    patience = patience or DEFAULT_PATIENCE[objective]
+    data_manifest = dataset.load_manifest(data)
+    train_s, val_s, test_s = (dataset.load_split(data, s) for s in dataset.SPLITS)
+    n_users, n_anime = data_manifest["counts"]["users_kept"], data_manifest["counts"]["anime"]
 
     os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".train-", dir=os.path.dirname(os.path.abspath(out)))
     experiment = start_experiment(tmp)
-    experiment.log_parameters(params)
     try:
         os.makedirs(os.path.join(tmp, "checkpoint"))
-        callbacks = [
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True),
-            keras.callbacks.ModelCheckpoint(os.path.join(tmp, "checkpoint", "best.weights.h5"),
-                                            monitor="val_loss", save_best_only=True, save_weights_only=True),
-            EpochLog(schedule, epochs, experiment),
-        ]
         t0 = time.time()
-        fit = model.fit(dataset.to_dataset(train_s, bs, shuffle=True, seed=seed), epochs=epochs,
-                        validation_data=dataset.to_dataset(val_s, bs, shuffle=False),
-                        callbacks=callbacks, verbose=0)
-        train_seconds = time.time() - t0
-        history = {k: [float(x) for x in v] for k, v in fit.history.items()}
-        history["learning_rate"] = callbacks[-1].learning_rates
-        test_loss, test_mae, test_mse = model.evaluate(dataset.to_dataset(test_s, bs, shuffle=False), verbose=0)
-        mean = float(train_s.rating.mean())
-        metrics = {"test_loss": float(test_loss), "test_mae": float(test_mae), "test_mse": float(test_mse),
-                   "best_val_loss": float(min(history["val_loss"])),
-                   "best_epoch": int(np.argmin(history["val_loss"]) + 1), "epochs_run": len(history["loss"]),
-                   "baseline_val_mae": float(np.abs(val_s.rating - mean).mean()),
-                   "baseline_test_mae": float(np.abs(test_s.rating - mean).mean()),
-                   "train_seconds": round(train_seconds, 2)}
-        # keep the val MAE of the restored (best) weights, the one the early stopping chose
-        metrics["val_mae"] = float(history["val_mae"][metrics["best_epoch"] - 1])
+        result = fit(train_s, val_s, n_users, n_anime, objective, embedding_dim, seed, epochs, batch_size,
+                     patience, os.path.join(tmp, "checkpoint", "best.weights.h5"), experiment, **objective_options)
+        history, bs = result.history, result.params["batch_size"]
+        if objective == "rating":
+            test_ds = dataset.to_dataset(_inputs(test_s), bs, shuffle=False)
+        else:
+            test_ds = user_batches(test_s, n_users, n_anime, bs, False, seed,
+                                   **{k: result.params[k] for k in ("positive_weight", "like_threshold")})
+        test = result.model.evaluate(test_ds, verbose=0, return_dict=True)
+        metrics = {f"test_{k}": float(v) for k, v in test.items()}
+        metrics.update(best_val_loss=float(min(history["val_loss"])),
+                       best_epoch=int(np.argmin(history["val_loss"]) + 1), epochs_run=len(history["loss"]),
+                       train_seconds=round(time.time() - t0, 2))
+        if objective == "rating":
+            mean = float(train_s.rating.mean())
+            metrics.update(baseline_val_mae=float(np.abs(val_s.rating - mean).mean()),
+                           baseline_test_mae=float(np.abs(test_s.rating - mean).mean()),
+                           val_mae=float(history["val_mae"][metrics["best_epoch"] - 1]))
+            log.info("test loss=%.4f mae=%.4f mse=%.4f (train-mean predictor mae=%.4f)", metrics["test_loss"],
+                     metrics["test_mae"], metrics["test_mse"], metrics["baseline_test_mae"])
+        else:
+            log.info("test loss=%.4f (softmax over %d anime)", metrics["test_loss"], n_anime)
         experiment.log_metrics(metrics)
-        log.info("test loss=%.4f mae=%.4f mse=%.4f (train-mean predictor mae=%.4f)", test_loss, test_mae,
-                 test_mse, metrics["baseline_test_mae"])
 
         manifest = export_artifact(
-            tmp, data, model.get_layer("user_embedding").get_weights()[0],
-            model.get_layer("anime_embedding").get_weights()[0], history,
-            {"objective": objective, "metrics": metrics, "training": params,
+            tmp, data, result.user_embeddings, result.anime_embeddings, history,
+            {"objective": objective, "metrics": metrics, "training": result.params,
              "data": {k: data_manifest.get(k) for k in ("source", "content_hash", "counts", "min_user_ratings",
                                                         "rating_scale", "seed")}})
         plot_history(history, os.path.join(tmp, "curves.png"),
