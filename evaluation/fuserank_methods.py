@@ -26,7 +26,7 @@ class TrainOptions:
     objective: str = "ranking"
     epochs: int = 150
     embedding_dim: int = 128
-    patience: int = 5
+    patience: int = 10
     temperature: float = 0.15
     positive_weight: float = 2.0
     refit_full: bool = True

@@ -117,6 +117,10 @@ def load_ratings(path: str | os.PathLike, min_user_ratings: int = 20) -> Ratings
     users = df["user_id"].to_numpy()
     user_ids, user_inv, user_counts = np.unique(users, return_inverse=True, return_counts=True)
     keep = user_counts[user_inv] >= int(min_user_ratings)
+    if not keep.any():
+        from fuserank.errors import InputError
+        raise InputError(path, f"no user has at least {min_user_ratings} ratings after dropping unrated rows "
+                               f"and duplicates", expected="--min-user-ratings at or below the most active user's count")
     users = users[keep]
     items = df["anime_id"].to_numpy()[keep]
     rating = df["rating"].to_numpy()[keep].astype(np.float32)

@@ -13,6 +13,7 @@ import sys
 
 from fuserank.config import HybridSettings
 from fuserank.errors import FuseRankError
+from fuserank.inspect import cmd_inspect
 
 log = logging.getLogger("fuserank")
 
@@ -104,7 +105,7 @@ def cmd_train(argv):
                    help="rating: the seed's sigmoid regression; ranking: softmax over all anime (better lists)")
     p.add_argument("--batch-size", type=_int_in(1), default=10_000, help="upper bound; shrunk on small data")
     p.add_argument("--patience", type=_int_in(1), default=None,
-                   help="early-stopping patience in epochs; default 3 for rating, 5 for ranking")
+                   help="early-stopping patience in epochs; default 3 for rating, 10 for ranking")
     p.add_argument("--temperature", type=_positive_float, default=0.15,
                    help="ranking: softmax temperature on the cosine logits")
     p.add_argument("--positive-weight", type=_positive_float, default=2.0,
@@ -207,7 +208,7 @@ def cmd_evaluate(argv):
 
 
 COMMANDS = {"ingest": cmd_ingest, "train": cmd_train, "precompute": cmd_precompute, "serve": cmd_serve,
-            "demo": cmd_demo, "evaluate": cmd_evaluate}
+            "demo": cmd_demo, "evaluate": cmd_evaluate, "inspect": cmd_inspect}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ from fuserank.training.tracking import NullExperiment, start_experiment
 log = logging.getLogger("fuserank.train")
 OBJECTIVES = ("rating", "ranking")
 DEFAULT_EPOCHS = {"rating": 20, "ranking": 150}
-DEFAULT_PATIENCE = {"rating": 3, "ranking": 5}
+DEFAULT_PATIENCE = {"rating": 3, "ranking": 10}
 RANKING_MAX_BATCH_USERS = 1024
 RANKING_MIN_STEPS = 16
 
@@ -79,26 +79,36 @@ def _inputs(split: dataset.SplitArrays):
 
 
 def multinomial_loss(y_true, logits):
-    """Softmax cross-entropy summed over each user's rated anime (weights in ``y_true``)."""
-    return -tf.reduce_sum(y_true * tf.nn.log_softmax(logits, axis=-1), axis=-1)
+    """Softmax cross-entropy summed over each user's rated anime (weights in ``y_true``).
+
+    Entries of ``y_true`` below zero mark anime already on the user's list: they leave the softmax,
+    so held-out loss measures the ranking the scorer serves (among candidates) and does not rise
+    merely because the model grows confident about what the user already rated.
+    """
+    known = y_true < 0
+    logits = tf.where(known, tf.constant(-1e9, logits.dtype), logits)
+    return -tf.reduce_sum(tf.maximum(y_true, 0.0) * tf.nn.log_softmax(logits, axis=-1), axis=-1)
 
 
 def user_batches(split: dataset.SplitArrays, n_users: int, n_anime: int, batch_users: int, shuffle: bool,
                  seed: int, positive_weight: float, like_threshold: int, low_weight: float = 1.0,
-                 low_threshold: int = 0) -> tf.data.Dataset:
+                 low_threshold: int = 0, known: list[dataset.SplitArrays] = ()) -> tf.data.Dataset:
     """Batches of users with their weighted rated anime as a dense target row.
 
     Equivalent to a softmax cross-entropy per rating, but each user's logits over all anime are
     computed once per epoch instead of once per rating: ~n_ratings/n_users times less work.
     """
+    users = np.flatnonzero(np.bincount(split.user, minlength=n_users)).astype(np.int32)
     weight = np.where(split.raw_rating >= like_threshold, positive_weight,
                       np.where(split.raw_rating <= low_threshold, low_weight, 1.0)).astype(np.float32)
-    order = np.lexsort((split.anime, split.user))
-    counts = np.bincount(split.user, minlength=n_users)
+    all_users = np.concatenate([split.user] + [k.user for k in known])
+    all_anime = np.concatenate([split.anime] + [k.anime for k in known])
+    weight = np.concatenate([weight] + [np.full(len(k.user), -1.0, np.float32) for k in known])
+    order = np.lexsort((all_anime, all_users))
+    counts = np.bincount(all_users, minlength=n_users)
     splits = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
-    items = tf.RaggedTensor.from_row_splits(split.anime[order].astype(np.int64), splits)
+    items = tf.RaggedTensor.from_row_splits(all_anime[order].astype(np.int64), splits)
     weights = tf.RaggedTensor.from_row_splits(weight[order], splits)
-    users = np.flatnonzero(counts).astype(np.int32)
 
     def densify(u):
         it, wt = tf.gather(items, u), tf.gather(weights, u)
@@ -137,7 +147,8 @@ def fit(train_s: dataset.SplitArrays, val_s: dataset.SplitArrays | None, n_users
         options = dict(positive_weight=positive_weight, like_threshold=like_threshold, low_weight=low_weight,
                        low_threshold=low_threshold)
         train_ds = user_batches(train_s, n_users, n_anime, bs, True, seed, **options)
-        val_ds = user_batches(val_s, n_users, n_anime, bs, False, seed, **options) if val_s is not None else None
+        val_ds = (user_batches(val_s, n_users, n_anime, bs, False, seed, known=[train_s], **options)
+                  if val_s is not None else None)
     schedule = WarmupExpDecay(spe)
     optimizer = keras.optimizers.Adam(learning_rate=schedule)
     if objective == "rating":
@@ -192,7 +203,7 @@ def train(data: str, out: str, epochs: int | None = None, embedding_dim: int = 1
         if objective == "rating":
             test_ds = dataset.to_dataset(_inputs(test_s), bs, shuffle=False)
         else:
-            test_ds = user_batches(test_s, n_users, n_anime, bs, False, seed,
+            test_ds = user_batches(test_s, n_users, n_anime, bs, False, seed, known=[train_s, val_s],
                                    **{k: result.params[k] for k in ("positive_weight", "like_threshold")})
         test = result.model.evaluate(test_ds, verbose=0, return_dict=True)
         metrics = {f"test_{k}": float(v) for k, v in test.items()}
