@@ -27,8 +27,6 @@ from fuserank.publish import current_version, read_meta
 
 SCAN_COUNT = 1000       # keys per SCAN round trip
 PIPELINE_BATCH = 500    # MEMORY USAGE / GET commands per pipeline
-_VERSION_HEAD = f"{keys.PREFIX}:v:"
-_SEGMENTS = {"u": "user", "a": "anime"}
 
 
 class InspectError(FuseRankError):
@@ -36,32 +34,6 @@ class InspectError(FuseRankError):
 
 
 # -- keys ------------------------------------------------------------------------------------------
-def parse_key(key: bytes | str) -> dict | None:
-    """``{"version", "kind": "meta"|"user"|"anime", "id": int|None}`` for a list-version key, else None.
-
-    The inverse of keys.meta / keys.user / keys.anime (belongs in fuserank.keys).
-    """
-    if isinstance(key, bytes):
-        try:
-            key = key.decode()
-        except UnicodeDecodeError:
-            return None
-    if not key.startswith(_VERSION_HEAD):
-        return None
-    rest = key[len(_VERSION_HEAD):]
-    if rest.endswith(":meta"):
-        version = rest[:-len(":meta")]
-        return {"version": version, "kind": "meta", "id": None} if version else None
-    parts = rest.rsplit(":", 2)
-    if len(parts) != 3 or not parts[0] or parts[1] not in _SEGMENTS:
-        return None
-    try:
-        ident = int(parts[2])
-    except ValueError:
-        return None
-    return {"version": parts[0], "kind": _SEGMENTS[parts[1]], "id": ident}
-
-
 def _glob_escape(text: str) -> str:
     """A version as a literal inside a SCAN MATCH pattern."""
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
@@ -119,7 +91,7 @@ def _version_known(r: redis.Redis, version: str) -> bool:
 def _known_versions(r: redis.Redis) -> list[str]:
     found = set(_published(r))
     for k in r.scan_iter(match=keys.meta("*"), count=SCAN_COUNT):
-        p = parse_key(k)
+        p = keys.parse_key(k)
         if p:
             found.add(p["version"])
     return sorted(found)
@@ -204,7 +176,7 @@ def list_versions(r: redis.Redis, memory: bool = True) -> list[dict]:
 
     batch = []
     for k in _version_scan(r, "*"):
-        p = parse_key(k)
+        p = keys.parse_key(k)
         if p is None:
             continue
         batch.append((k, p))
@@ -284,7 +256,7 @@ def sample_keys(r: redis.Redis, n: int, version: str | None = None, names: dict 
     rng = rng or random.Random()
 
     def wanted(k):
-        p = parse_key(k)
+        p = keys.parse_key(k)
         return p is not None and p["version"] == version and p["kind"] != "meta"
 
     picked: list = []
@@ -317,7 +289,7 @@ def sample_keys(r: redis.Redis, n: int, version: str | None = None, names: dict 
         for k, raw in zip(chunk, r.mget(chunk)):
             if raw is None:      # deleted since it was seen
                 continue
-            p = parse_key(k)
+            p = keys.parse_key(k)
             items = keys.decode_items(raw)
             subject = names.get(p["id"]) if (names is not None and p["kind"] == "anime") else None
             out.append({"key": k.decode(), "version": version, "kind": p["kind"], "id": p["id"], "name": subject,

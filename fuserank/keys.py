@@ -20,6 +20,8 @@ PREFIX = "fuserank"
 CURRENT = f"{PREFIX}:current"
 PREVIOUS = f"{PREFIX}:previous"
 VERSIONS = f"{PREFIX}:versions"
+_VERSION_HEAD = f"{PREFIX}:v:"
+_SEGMENTS = {"u": "user", "a": "anime"}
 
 
 def list_version(model_version: str, settings_digest: str) -> str:
@@ -41,6 +43,32 @@ def anime(version: str, anime_id: int) -> str:
 def version_pattern(version: str) -> str:
     """MATCH pattern for an offline SCAN of one version's keys (inspection and clean-up, never requests)."""
     return f"{PREFIX}:v:{version}:*"
+
+
+def parse_key(key: bytes | str) -> dict | None:
+    """``{"version", "kind": "meta"|"user"|"anime", "id": int|None}`` for a list-version key, else None.
+
+    The inverse of meta / user / anime, for offline inspection.
+    """
+    if isinstance(key, bytes):
+        try:
+            key = key.decode()
+        except UnicodeDecodeError:
+            return None
+    if not key.startswith(_VERSION_HEAD):
+        return None
+    rest = key[len(_VERSION_HEAD):]
+    if rest.endswith(":meta"):
+        version = rest[:-len(":meta")]
+        return {"version": version, "kind": "meta", "id": None} if version else None
+    parts = rest.rsplit(":", 2)
+    if len(parts) != 3 or not parts[0] or parts[1] not in _SEGMENTS:
+        return None
+    try:
+        ident = int(parts[2])
+    except ValueError:
+        return None
+    return {"version": parts[0], "kind": _SEGMENTS[parts[1]], "id": ident}
 
 
 def encode_items(anime_ids: np.ndarray, scores: np.ndarray) -> bytes:

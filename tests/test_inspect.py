@@ -10,7 +10,7 @@ from fuserank.artifacts import ModelArtifact
 from fuserank.batch.pipeline import precompute
 from fuserank.config import HybridSettings
 from fuserank.inspect import (InspectError, cmd_inspect, diff_user, format_table, inspect_anime, inspect_user,
-                              list_versions, parse_key, sample_keys)
+                              list_versions, sample_keys)
 from fuserank.publish import write_meta
 from tests.factories import random_artifact
 
@@ -56,11 +56,11 @@ def stored_items(r, key):
 
 # -- functions ---------------------------------------------------------------------------------------
 def test_parse_key_reads_back_every_kind_of_key():
-    assert parse_key(keys.user("abc-123", 42)) == {"version": "abc-123", "kind": "user", "id": 42}
-    assert parse_key(keys.anime("abc-123", 7).encode()) == {"version": "abc-123", "kind": "anime", "id": 7}
-    assert parse_key(keys.meta("abc-123")) == {"version": "abc-123", "kind": "meta", "id": None}
+    assert keys.parse_key(keys.user("abc-123", 42)) == {"version": "abc-123", "kind": "user", "id": 42}
+    assert keys.parse_key(keys.anime("abc-123", 7).encode()) == {"version": "abc-123", "kind": "anime", "id": 7}
+    assert keys.parse_key(keys.meta("abc-123")) == {"version": "abc-123", "kind": "meta", "id": None}
     for other in (keys.CURRENT, keys.VERSIONS, "unrelated", f"{keys.PREFIX}:v:x:u:notanint", b"\xff"):
-        assert parse_key(other) is None
+        assert keys.parse_key(other) is None
 
 
 def test_user_is_what_precompute_stored(r, stored):
