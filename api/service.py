@@ -79,24 +79,27 @@ class RecommendationService:
         return [{"anime_id": int(self.model.anime_ids[a]), "name": self.names[a], "score": round(float(s), 4)}
                 for a, s in zip(encoded, scores)]
 
-    def _stored(self, key: str, n: int) -> list[tuple[int, float]] | None:
-        raw = self.redis.get(key)
+    def _precomputed(self, key_of, n: int) -> Answer | None:
+        """The stored list under the current version if it holds n items; raises RedisError when down."""
+        version, model_version = self.list_version()
+        raw = self.redis.get(key_of(version)) if version else None
         if raw is None:
             return None
         items = keys.decode_items(raw)
-        return items[:n] if len(items) >= n else None
+        if len(items) < n:
+            return None
+        enc = self.model.anime_index([a for a, _ in items[:n]])
+        return Answer(self._items(enc, [s for _, s in items[:n]]), "precomputed",
+                      model_version or self.model.version, version)
 
     def user_recommendations(self, user_id: int, n: int, live: bool = False, include_adult: bool = False) -> Answer:
         u = int(self.model.user_index(user_id)[0])
         degraded = False
         if u >= 0 and not live and not include_adult:
             try:
-                version, model_version = self.list_version()
-                stored = self._stored(keys.user(version, user_id), n) if version else None
-                if stored is not None:
-                    enc = self.model.anime_index([a for a, _ in stored])
-                    return Answer(self._items(enc, [s for _, s in stored]), "precomputed",
-                                  model_version or self.model.version, version)
+                answer = self._precomputed(lambda v: keys.user(v, user_id), n)
+                if answer is not None:
+                    return answer
             except redis.RedisError as exc:
                 log.warning("redis unavailable (%s): answering live", type(exc).__name__)
                 degraded = True
@@ -120,12 +123,9 @@ class RecommendationService:
         degraded = False
         if not include_adult:
             try:
-                version, model_version = self.list_version()
-                stored = self._stored(keys.anime(version, anime_id), n) if version else None
-                if stored is not None:
-                    enc = self.model.anime_index([x for x, _ in stored])
-                    return Answer(self._items(enc, [s for _, s in stored]), "precomputed",
-                                  model_version or self.model.version, version)
+                answer = self._precomputed(lambda v: keys.anime(v, anime_id), n)
+                if answer is not None:
+                    return answer
             except redis.RedisError as exc:
                 log.warning("redis unavailable (%s): answering live", type(exc).__name__)
                 degraded = True

@@ -22,7 +22,6 @@ fuserank.publish): the API image has neither TensorFlow, Beam nor DVC, and runs 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
@@ -40,6 +39,7 @@ from typing import Callable, Sequence
 import redis
 
 from fuserank import keys
+from fuserank.artifacts import file_sha256
 from fuserank.errors import FuseRankError
 from fuserank.publish import current_version, read_meta
 
@@ -242,14 +242,6 @@ def _read_json(path: str) -> dict:
         raise NightlyError(f"{path}: missing (is this a FuseRank model directory?)") from None
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def model_files(model_dir: str) -> list[str]:
     manifest = _read_json(os.path.join(model_dir, MANIFEST))
     names = sorted(manifest.get("files", {}))
@@ -282,7 +274,7 @@ def fetch_model(models_uri: str, model_version: str, out_dir: str) -> str:
         local = os.path.join(out_dir, name)
         if not get_file(_join(source, name), local):
             raise NightlyError(f"{source}/{name}: missing")
-        if _sha256(local) != digest:
+        if file_sha256(local) != digest:
             raise NightlyError(f"{source}/{name}: sha256 does not match the manifest (corrupt or partial upload)")
     for name in MODEL_EXTRA_FILES:
         get_file(_join(source, name), os.path.join(out_dir, name))
