@@ -73,3 +73,12 @@ def test_model_gate_evaluation_writes_its_json(trained_model, sample_data):
     assert result["model_version"] == manifest["model_version"]
     assert 0 < result["ndcg_at_10"] <= 1 and result["users"] > 0
     assert json.load(open(os.path.join(model_dir, "evaluation.json")))["ndcg_at_10"] == result["ndcg_at_10"]
+
+
+def test_tuning_view_is_carved_from_the_train_split_only(tmp_path):
+    from fuserank.evaluation.tune import validation_view
+    path = synthetic_ratings(tmp_path / "r.csv")
+    outer = split(load_ratings(path), 0)
+    view = validation_view(path, 0)
+    assert ((view.train + view.test).astype(bool) != outer.train.astype(bool)).nnz == 0
+    assert view.train.multiply(outer.test).nnz == 0 and view.test.multiply(outer.test).nnz == 0

@@ -71,3 +71,13 @@ def test_model_version_is_a_content_hash(trained_model, tmp_path):
     emb[0, 0] += 1e-3
     np.save(copy / "user_embeddings.npy", emb)
     assert content_version(str(copy), extra=history)[0] != manifest["model_version"]
+
+
+def test_exported_cosine_points_towards_higher_predicted_ratings(trained_model, sample_data):
+    """Whatever sign Dense/BatchNorm learned, a higher exported cosine must mean a higher predicted rating."""
+    from fuserank.training.dataset import load_split
+    model_dir, _ = trained_model
+    model = ModelArtifact.load(model_dir)
+    val = load_split(sample_data, "val")
+    cos = np.sum(model.user_emb[val.user] * model.anime_emb[val.anime], axis=1)
+    assert np.corrcoef(cos, val.rating)[0, 1] > 0

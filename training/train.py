@@ -70,7 +70,23 @@ class FitResult:
 
     @property
     def anime_embeddings(self) -> np.ndarray:
-        return self.model.get_layer("anime_embedding").get_weights()[0]
+        """Anime embeddings oriented so that a higher cosine always means a better predicted rating.
+
+        The rating model maps the cosine through Dense(1) and BatchNormalization before the sigmoid;
+        when their combined slope is negative the model predicts high ratings for *low* cosines, and
+        every cosine-based search downstream would rank backwards. Flipping the anime side fixes the
+        orientation without changing a single prediction's ordering.
+        """
+        emb = self.model.get_layer("anime_embedding").get_weights()[0]
+        return emb * self.rating_direction()
+
+    def rating_direction(self) -> float:
+        if self.params["objective"] != "rating":
+            return 1.0
+        dense = next(l for l in self.model.layers if isinstance(l, keras.layers.Dense))
+        norm = next(l for l in self.model.layers if isinstance(l, keras.layers.BatchNormalization))
+        slope = float(dense.get_weights()[0].ravel()[0]) * float(norm.gamma.numpy().ravel()[0])
+        return -1.0 if slope < 0 else 1.0
 
 
 def _inputs(split: dataset.SplitArrays):
