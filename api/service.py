@@ -114,7 +114,7 @@ class RecommendationService:
         if not include_adult:
             order = order[~self.model.adult_mask[order]]
         top = order[:n]
-        return [{"anime_id": int(self.model.anime_ids[a]), "name": self.names[a], "score": None} for a in top]
+        return self._items(top, self.model.liked_share[top])
 
     def similar_anime(self, anime_id: int, n: int, include_adult: bool = False) -> Answer | None:
         a = int(self.model.anime_index(anime_id)[0])

@@ -182,7 +182,12 @@ class ModelArtifact:
         return genres.map(lambda g: ADULT_GENRE in g).to_numpy(bool)
 
     @cached_property
+    def liked_share(self) -> np.ndarray:
+        """Per encoded anime, the share of users who rated it >= 8 (the cold-start score)."""
+        counts = np.asarray((self.lists >= 8).sum(axis=0)).ravel()
+        return (counts / max(self.n_users, 1)).astype(np.float32)
+
+    @cached_property
     def popularity(self) -> np.ndarray:
         """Encoded anime ordered by how many users rated them highly (the cold-start answer)."""
-        counts = np.asarray((self.lists >= 8).sum(axis=0)).ravel()
-        return np.lexsort((np.arange(self.n_anime), -counts)).astype(np.int32)
+        return np.lexsort((np.arange(self.n_anime), -self.liked_share)).astype(np.int32)

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
+import sys
 import time
 
 from fuserank.errors import FuseRankError
@@ -59,16 +62,20 @@ def run_demo(ratings, anime, work_dir, redis_url, min_user_ratings=20, epochs=No
                 print(f"  {item['score']:.3f}  {item['name']} (anime {item['anime_id']})")
         first_anime = int(service.model.anime_ids[service.model.popularity[0]])
         if serve:
-            from fuserank.api.server import serve as run_server
             base = f"http://{host}:{port}"
             print(f"\nAPI on {base}  (Ctrl-C stops it{' and the embedded Redis' if local else ''})")
             print(f"  curl '{base}/v1/users/{users[0]}/recommendations?n=10'")
             print(f"  curl '{base}/v1/users/{users[1]}/recommendations?n=5&source=live'")
             print(f"  curl '{base}/v1/anime/{first_anime}/similar?n=5'", flush=True)
+            # A fresh process: gunicorn forks workers, and forking a process that already ran
+            # TensorFlow (training above) leaves its thread pools broken in the children.
+            server = subprocess.Popen([sys.executable, "-m", "fuserank", "serve", "--model", model_dir,
+                                       "--redis-url", redis_url, "--host", host, "--port", str(port)])
             try:
-                run_server(model_dir, redis_url, host, port)
-            except (KeyboardInterrupt, SystemExit):
-                pass
+                server.wait()
+            except KeyboardInterrupt:
+                server.send_signal(signal.SIGINT)
+                server.wait(30)
     finally:
         if local:
             local.stop()

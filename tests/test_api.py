@@ -80,6 +80,8 @@ def test_unknown_user_gets_popular_titles(client, model):
     unknown = int(model.user_ids.max()) + 12345
     body = client.get(f"/v1/users/{unknown}/recommendations?n=5").get_json()
     assert body["source"] == "popular" and len(body["items"]) == 5
+    scores = [i["score"] for i in body["items"]]
+    assert all(0 < s <= 1 for s in scores) and scores == sorted(scores, reverse=True)
 
 
 def test_recommendations_exclude_the_users_list(client, model):
