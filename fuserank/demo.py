@@ -23,6 +23,10 @@ def _stage(name: str, fn, *args, **kwargs):
     return result
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run_demo(ratings, anime, work_dir, redis_url, min_user_ratings=20, epochs=None, host="127.0.0.1",
              port=8000, serve=True, objective="ranking"):
     from fuserank.batch.pipeline import precompute
@@ -69,6 +73,8 @@ def run_demo(ratings, anime, work_dir, redis_url, min_user_ratings=20, epochs=No
             print(f"  curl '{base}/v1/anime/{first_anime}/similar?n=5'", flush=True)
             # A fresh process: gunicorn forks workers, and forking a process that already ran
             # TensorFlow (training above) leaves its thread pools broken in the children.
+            for sig in (signal.SIGINT, signal.SIGTERM):  # also when started in the background
+                signal.signal(sig, _interrupt)
             server = subprocess.Popen([sys.executable, "-m", "fuserank", "serve", "--model", model_dir,
                                        "--redis-url", redis_url, "--host", host, "--port", str(port)])
             try:

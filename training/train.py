@@ -41,9 +41,9 @@ class EpochLog(keras.callbacks.Callback):
         logs["learning_rate"] = self.schedule.rate_at_epoch(epoch + 1)
         self.learning_rates.append(logs["learning_rate"])
         self.experiment.log_metrics({k: float(v) for k, v in logs.items()}, epoch=epoch + 1)
-        log.info("epoch %d/%d loss=%.4f val_loss=%.4f mae=%.4f val_mae=%.4f lr=%.2e (%.1fs)", epoch + 1,
-                 self.epochs, logs.get("loss", np.nan), logs.get("val_loss", np.nan), logs.get("mae", np.nan),
-                 logs.get("val_mae", np.nan), logs["learning_rate"], time.time() - self.t0)
+        shown = " ".join(f"{k}={logs[k]:.4f}" for k in ("loss", "val_loss", "mae", "val_mae") if k in logs)
+        log.info("epoch %d/%d %s lr=%.2e (%.1fs)", epoch + 1, self.epochs, shown, logs["learning_rate"],
+                 time.time() - self.t0)
 
 
 def _replace_dir(tmp: str, out_dir: str) -> None:
