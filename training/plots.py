@@ -7,9 +7,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_history(history: dict, path: str, title: str) -> str:
+LOSS_LABELS = {"rating": "binary cross-entropy (per rating)",
+               "ranking": "softmax cross-entropy (per user, summed\nover rated anime; held-out masks seen ones)"}
+
+
+def plot_history(history: dict, path: str, title: str, objective: str = "rating") -> str:
     epochs = range(1, len(history.get("loss", [])) + 1)
-    panels = [("loss", "binary cross-entropy"), ("mae", "MAE (scaled rating)"), ("mse", "MSE (scaled rating)")]
+    panels = [("loss", LOSS_LABELS[objective]), ("mae", "MAE (scaled rating)"), ("mse", "MSE (scaled rating)")]
     panels = [(k, lab) for k, lab in panels if k in history]
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4.2 * (len(panels) + 1), 3.6))
     for ax, (key, label) in zip(axes, panels):

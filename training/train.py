@@ -243,7 +243,7 @@ def train(data: str, out: str, epochs: int | None = None, embedding_dim: int = 1
              "data": {k: data_manifest.get(k) for k in ("source", "content_hash", "counts", "min_user_ratings",
                                                         "rating_scale", "seed")}})
         plot_history(history, os.path.join(tmp, "curves.png"),
-                     f"FuseRank MF ({objective}) - model {manifest['model_version']}")
+                     f"FuseRank MF ({objective}) - model {manifest['model_version']}", objective)
         experiment.log_image(os.path.join(tmp, "curves.png"), name="curves")
         experiment.log_other("model_version", manifest["model_version"])
         experiment.end()
