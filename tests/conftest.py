@@ -28,6 +28,20 @@ def redis_url():
 
 
 @pytest.fixture
+def gcs_emulator(monkeypatch):
+    """A real in-memory gcp-storage-emulator on 127.0.0.1 with bucket ``fuserank-models``, set as the GCS endpoint."""
+    gcp_server = pytest.importorskip("gcp_storage_emulator.server")
+    from fuserank import storage
+    from fuserank.redis_server import free_port
+    port = free_port()
+    server = gcp_server.create_server("127.0.0.1", port, in_memory=True, default_bucket="fuserank-models")
+    server.start()
+    monkeypatch.setenv(storage.EMULATOR_ENV, f"http://127.0.0.1:{port}")
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
 def redis_client(redis_url):
     client = redis.Redis.from_url(redis_url)
     client.flushdb()

@@ -41,3 +41,14 @@ def random_artifact(path, n_users=40, n_anime=30, dim=8, seed=0, adult=()) -> st
         lists[u, picked[:1]] = -1
     genres = ["Hentai" if a in adult else "Comedy, Drama" for a in range(n_anime)]
     return make_artifact(path, rng.normal(size=(n_users, dim)), rng.normal(size=(n_anime, dim)), lists, genres)
+
+
+def csr(rows, n_items) -> sp.csr_matrix:
+    """rows: list of {item: rating} dicts -> CSR (users x items)."""
+    r, c, d = [], [], []
+    for u, items in enumerate(rows):
+        for i, v in items.items():
+            r.append(u)
+            c.append(i)
+            d.append(v)
+    return sp.csr_matrix((np.asarray(d, dtype=np.float32), (r, c)), shape=(len(rows), n_items))

@@ -112,21 +112,23 @@ def test_nightly_hands_dataflow_the_stored_model(tmp_path, redis_client, redis_u
         nightly.publish_if_better(model, redis_url, margin=0.01, beam_args=["--runner=DataflowRunner"], run=run)
 
 
-def test_model_artifact_loads_from_gcs(tmp_path, monkeypatch):
-    gcp_server = pytest.importorskip("gcp_storage_emulator.server")
-    import socket
-    from fuserank import storage
+def test_model_artifact_loads_from_gcs(tmp_path, gcs_emulator):
     from fuserank.artifacts import ModelArtifact
     from tests.factories import random_artifact
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = gcp_server.create_server("127.0.0.1", port, in_memory=True, default_bucket="fuserank-models")
-    server.start()
-    try:
-        monkeypatch.setenv(storage.EMULATOR_ENV, f"http://127.0.0.1:{port}")
-        model = random_artifact(tmp_path / "model", n_users=5, n_anime=12)
-        stored = nightly.store_model(model, "gs://fuserank-models/models")
-        assert ModelArtifact.load(stored).version == ModelArtifact.load(model).version
-    finally:
-        server.stop()
+    model = random_artifact(tmp_path / "model", n_users=5, n_anime=12)
+    stored = nightly.store_model(model, "gs://fuserank-models/models")
+    assert ModelArtifact.load(stored).version == ModelArtifact.load(model).version
+
+
+def test_tampered_gcs_model_is_refused(tmp_path, gcs_emulator, monkeypatch):
+    from fuserank import storage
+    from fuserank.artifacts import ModelArtifact
+    from fuserank.errors import ArtifactError
+    from tests.factories import random_artifact
+    monkeypatch.setenv("FUSERANK_CACHE", str(tmp_path / "cache"))
+    stored = nightly.store_model(random_artifact(tmp_path / "model", n_users=5, n_anime=12),
+                                 "gs://fuserank-models/models")
+    bucket, key = storage.split_gcs(f"{stored}/user_embeddings.npy")
+    storage._client().bucket(bucket).blob(key).upload_from_string(b"not the embeddings")
+    with pytest.raises(ArtifactError, match="sha256"):
+        ModelArtifact.load(stored)

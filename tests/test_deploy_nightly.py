@@ -185,25 +185,14 @@ def test_fetch_model_errors(tmp_path, redis_client, redis_url):
     assert proc.returncode == 1 and "never (completely) stored" in proc.stderr
 
 
-def test_model_store_on_gcs_emulator(tmp_path, monkeypatch):
-    gcp_server = pytest.importorskip("gcp_storage_emulator.server")
-    from fuserank import storage
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = gcp_server.create_server("127.0.0.1", port, in_memory=True, default_bucket="fuserank-models")
-    server.start()
-    try:
-        monkeypatch.setenv(storage.EMULATOR_ENV, f"http://127.0.0.1:{port}")
-        model, version = evaluated_model(tmp_path / "model", ndcg=0.3)
-        target = nightly.store_model(model, "gs://fuserank-models/models")
-        assert target == f"gs://fuserank-models/models/{version}"
-        out = nightly.fetch_model("gs://fuserank-models/models", version, str(tmp_path / "out"))
-        assert ModelArtifact.load(out).version == version
-        assert json.loads((Path(out) / "evaluation.json").read_text())["ndcg_at_10"] == 0.3
-        assert nightly.get_file("gs://fuserank-models/state/dvc.lock", str(tmp_path / "lock")) is False
-    finally:
-        server.stop()
+def test_model_store_on_gcs_emulator(tmp_path, gcs_emulator):
+    model, version = evaluated_model(tmp_path / "model", ndcg=0.3)
+    target = nightly.store_model(model, "gs://fuserank-models/models")
+    assert target == f"gs://fuserank-models/models/{version}"
+    out = nightly.fetch_model("gs://fuserank-models/models", version, str(tmp_path / "out"))
+    assert ModelArtifact.load(out).version == version
+    assert json.loads((Path(out) / "evaluation.json").read_text())["ndcg_at_10"] == 0.3
+    assert nightly.get_file("gs://fuserank-models/state/dvc.lock", str(tmp_path / "lock")) is False
 
 
 def test_restart_deployment_stamps_the_model_on_the_pod_template(tmp_path):

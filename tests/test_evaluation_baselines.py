@@ -10,16 +10,7 @@ from fuserank.evaluation import baselines as bl
 from fuserank.evaluation.compare import BASELINES, evaluate_model, run_comparison, summarize
 from fuserank.evaluation.metrics import top_k
 from fuserank.evaluation.protocol import Split, validation_split
-
-
-def csr(rows, n_items):
-    r, c, d = [], [], []
-    for u, items in enumerate(rows):
-        for i, v in items.items():
-            r.append(u)
-            c.append(i)
-            d.append(v)
-    return sp.csr_matrix((np.asarray(d, dtype=np.float32), (r, c)), shape=(len(rows), n_items))
+from tests.factories import csr
 
 
 def cooccurrence_data(seed=0, n_users=60, n_items=40):

@@ -8,17 +8,7 @@ import scipy.sparse as sp
 
 from fuserank.evaluation.metrics import coverage, ndcg_at_k, recall_at_k, top_k
 from fuserank.evaluation.protocol import load_ratings, split, validation_split
-
-
-def csr(rows, n_items):
-    """rows: list of {item: rating} dicts -> CSR (users x items)."""
-    r, c, d = [], [], []
-    for u, items in enumerate(rows):
-        for i, v in items.items():
-            r.append(u)
-            c.append(i)
-            d.append(v)
-    return sp.csr_matrix((np.asarray(d, dtype=np.float32), (r, c)), shape=(len(rows), n_items))
+from tests.factories import csr
 
 
 def pad(lists, k=10):
