@@ -1,8 +1,10 @@
 """HTTP endpoints (blueprints). Parameters are parsed strictly: a bad one is a 400 that names it."""
 from __future__ import annotations
 
+import json
 import re
 
+import numpy as np
 from flask import Blueprint, current_app, jsonify, request
 
 from fuserank.api.errors import BadParameter, NotFound
@@ -52,6 +54,48 @@ def user_recommendations(user_id: str):
     n, live, adult = parse_n(), parse_source(), parse_bool("include_adult")
     answer = _service().user_recommendations(uid, n, live=live, include_adult=adult)
     return jsonify(answer.body("user_id", uid))
+
+
+MAX_RATINGS = 1000
+
+
+def _json_int(name: str, value, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise BadParameter(name, f"must be an integer in {lo}..{hi}, got {json.dumps(value)[:40]}")
+    return value
+
+
+def parse_new_user() -> tuple[list[int], list[int], int]:
+    body = request.get_json(silent=True)
+    if body is None:
+        raise BadParameter("body", "must be a JSON object with 'ratings' (Content-Type: application/json)")
+    if not isinstance(body, dict):
+        raise BadParameter("body", "must be a JSON object")
+    unknown = set(body) - {"ratings", "n"}
+    if unknown:
+        raise BadParameter(sorted(unknown)[0], "unknown field")
+    ratings = body.get("ratings")
+    if not isinstance(ratings, list) or not 1 <= len(ratings) <= MAX_RATINGS:
+        raise BadParameter("ratings", f"must be a list of 1..{MAX_RATINGS} {{anime_id, rating}} objects")
+    anime_ids, values = [], []
+    for i, item in enumerate(ratings):
+        if not isinstance(item, dict) or set(item) != {"anime_id", "rating"}:
+            raise BadParameter(f"ratings[{i}]", "must be an object with exactly anime_id and rating")
+        anime_ids.append(_json_int(f"ratings[{i}].anime_id", item["anime_id"], 0, MAX_ID))
+        values.append(_json_int(f"ratings[{i}].rating", item["rating"], 1, 10))
+    n = _json_int("n", body.get("n", 10), 1, MAX_N)
+    return anime_ids, values, n
+
+
+@recommendations.post("/recommendations")
+def new_user_recommendations():
+    """A user the model has never seen, described by their ratings: folded into the embedding space."""
+    anime_ids, ratings, n = parse_new_user()
+    answer, ignored = _service().new_user_recommendations(np.array(anime_ids, np.int64), np.array(ratings),
+                                                          n, include_adult=parse_bool("include_adult"))
+    body = answer.body("user_id", None)
+    body["ignored_anime_ids"] = ignored
+    return jsonify(body)
 
 
 @recommendations.get("/anime/<anime_id>/similar")

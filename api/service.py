@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import redis
+import scipy.sparse as sp
 
 from fuserank import keys
 from fuserank.artifacts import ModelArtifact
 from fuserank.config import HybridSettings
+from fuserank.foldin import fold_in
 from fuserank.publish import read_meta
 from fuserank.scorer import HybridScorer
 
@@ -108,6 +110,25 @@ class RecommendationService:
         ranked = self.scorer.score_users(np.array([u]), n=n, include_adult=include_adult)
         items, scores = ranked.row(0)
         return Answer(self._items(items, scores), "live", self.model.version, degraded=degraded)
+
+    def new_user_recommendations(self, anime_ids: np.ndarray, ratings: np.ndarray, n: int,
+                                 include_adult: bool = False) -> tuple[Answer, list[int]]:
+        """A user the model has never seen: fold their ratings in, then the same hybrid (``live``)."""
+        enc = self.model.anime_index(anime_ids)
+        known = enc >= 0
+        ignored = sorted({int(a) for a in np.asarray(anime_ids)[~known]})
+        if not known.any():
+            return Answer(self._popular(n, include_adult), "popular", self.model.version), ignored
+        enc, ratings = enc[known], np.asarray(ratings)[known]
+        vector = fold_in(self.model.anime_emb, enc, ratings, self.settings.like_threshold)
+        shape = (1, self.model.n_anime)
+        on_list = sp.csr_matrix((np.ones(len(enc), np.int8), (np.zeros(len(enc), int), enc)), shape=shape)
+        liked_enc = enc[ratings >= self.settings.like_threshold]
+        liked = sp.csr_matrix((np.ones(len(liked_enc), np.float32), (np.zeros(len(liked_enc), int), liked_enc)),
+                              shape=shape)
+        ranked = self.scorer.score_vectors(vector, liked, on_list, None, n, include_adult)
+        items, scores = ranked.row(0)
+        return Answer(self._items(items, scores), "live", self.model.version), ignored
 
     def _popular(self, n: int, include_adult: bool) -> list[dict]:
         order = self.model.popularity

@@ -65,3 +65,12 @@ def trained_model(sample_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("model") / "model"
     manifest = train(sample_data, str(out), epochs=20, seed=0)
     return str(out), manifest
+
+
+@pytest.fixture(scope="session")
+def ranking_model(sample_data, tmp_path_factory):
+    """The served configuration: the ranking objective trained on the 2020 sample."""
+    from fuserank.training.train import train
+    out = tmp_path_factory.mktemp("ranking") / "model"
+    manifest = train(sample_data, str(out), objective="ranking", seed=0)
+    return str(out), manifest

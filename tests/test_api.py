@@ -161,3 +161,65 @@ def test_not_ready_without_a_published_version(trained_model, redis_url):
     assert r.status_code == 503 and r.get_json()["ready"] is False
     uid = int(app.extensions["fuserank"].model.user_ids[0])
     assert app.test_client().get(f"/v1/users/{uid}/recommendations").get_json()["source"] == "live"
+
+
+def _user_ratings(model, u):
+    row = model.lists[u]
+    rated = row.data > 0
+    return [{"anime_id": int(model.anime_ids[a]), "rating": int(r)}
+            for a, r in zip(row.indices[rated], row.data[rated])]
+
+
+def test_new_user_is_folded_in_and_gets_the_hybrid(client, model):
+    ratings = _user_ratings(model, 3)
+    r = client.post("/v1/recommendations", json={"ratings": ratings + [{"anime_id": 987654321, "rating": 9}], "n": 15})
+    assert r.status_code == 200
+    body = r.get_json()
+    assert body["source"] == "live" and body["user_id"] is None and len(body["items"]) == 15
+    assert body["ignored_anime_ids"] == [987654321]
+    assert not {x["anime_id"] for x in ratings} & {i["anime_id"] for i in body["items"]}
+
+
+def test_fold_in_lands_near_the_user_who_gave_those_ratings(ranking_model):
+    from fuserank.artifacts import ModelArtifact
+    from fuserank.foldin import fold_in
+    model = ModelArtifact.load(ranking_model[0])
+    hits = 0
+    for u in range(20):
+        row = model.lists[u]
+        rated = row.data > 0
+        vector = fold_in(model.anime_emb, row.indices[rated], row.data[rated])
+        sims = model.user_emb @ vector[0]
+        hits += int(np.sum(sims > sims[u]) < model.n_users * 0.1)
+    assert hits >= 15  # the user's own embedding is among the 10% closest for most users
+
+
+def test_new_user_with_only_unknown_anime_gets_popular(client):
+    body = client.post("/v1/recommendations", json={"ratings": [{"anime_id": 987654321, "rating": 7}]}).get_json()
+    assert body["source"] == "popular" and body["ignored_anime_ids"] == [987654321] and len(body["items"]) == 10
+
+
+@pytest.mark.parametrize("payload,parameter", [
+    ({"ratings": []}, "ratings"),
+    ({"ratings": "lots"}, "ratings"),
+    ({"ratings": [{"anime_id": 1}]}, "ratings[0]"),
+    ({"ratings": [{"anime_id": -1, "rating": 5}]}, "ratings[0].anime_id"),
+    ({"ratings": [{"anime_id": 1, "rating": 11}]}, "ratings[0].rating"),
+    ({"ratings": [{"anime_id": 1, "rating": 7.5}]}, "ratings[0].rating"),
+    ({"ratings": [{"anime_id": 1, "rating": True}]}, "ratings[0].rating"),
+    ({"ratings": [{"anime_id": 1, "rating": 7}], "n": 0}, "n"),
+    ({"ratings": [{"anime_id": 1, "rating": 7}], "n": "5"}, "n"),
+    ({"ratings": [{"anime_id": 1, "rating": 7}], "extra": 1}, "extra"),
+    ({"ratings": [{"anime_id": i, "rating": 7} for i in range(1001)]}, "ratings"),
+    ([1, 2], "body"),
+])
+def test_bad_new_user_bodies_are_400_naming_the_field(client, payload, parameter):
+    r = client.post("/v1/recommendations", json=payload)
+    assert r.status_code == 400 and r.get_json()["error"]["parameter"] == parameter
+
+
+def test_malformed_and_oversized_bodies(client):
+    r = client.post("/v1/recommendations", data="{not json", content_type="application/json")
+    assert r.status_code == 400 and r.get_json()["error"]["parameter"] == "body"
+    r = client.post("/v1/recommendations", data="x" * (70 * 1024), content_type="application/json")
+    assert r.status_code == 413 and r.is_json
