@@ -70,11 +70,15 @@ class RecommendationService:
         return version, model_version
 
     def redis_state(self) -> dict:
+        """Redis's state and the list version; when Redis is down, the last version seen (still served live)."""
         try:
+            self.redis.ping()
             version, model_version = self.list_version()
             return {"redis": "up", "list_version": version, "list_model_version": model_version}
         except redis.RedisError as exc:
-            return {"redis": "down", "error": type(exc).__name__}
+            _, version, model_version = self._pointer
+            return {"redis": "down", "error": type(exc).__name__, "list_version": version,
+                    "list_model_version": model_version}
 
     # -- answers -----------------------------------------------------------------------------
     def _items(self, encoded: np.ndarray, scores: np.ndarray) -> list[dict]:
