@@ -207,8 +207,30 @@ def cmd_evaluate(argv):
     print(open(os.path.join(a.out, "results.md")).read())
 
 
+def cmd_publish(argv):
+    p = _parser("fuserank publish", description="Point the API at an already written, complete list version.")
+    _redis_url(p)
+    p.add_argument("--version", required=True, help="list version (see `fuserank inspect versions`)")
+    a = p.parse_args(argv)
+    import redis
+    from fuserank.publish import publish_version
+    client = redis.Redis.from_url(a.redis_url, socket_timeout=10)
+    print(json.dumps({"current": a.version, "previous": publish_version(client, a.version)}))
+
+
+def cmd_rollback(argv):
+    p = _parser("fuserank rollback", description="Serve the previous list version again (swaps current and previous).")
+    _redis_url(p)
+    a = p.parse_args(argv)
+    import redis
+    from fuserank.publish import rollback
+    was, now = rollback(redis.Redis.from_url(a.redis_url, socket_timeout=10))
+    print(json.dumps({"current": now, "previous": was}))
+
+
 COMMANDS = {"ingest": cmd_ingest, "train": cmd_train, "precompute": cmd_precompute, "serve": cmd_serve,
-            "demo": cmd_demo, "evaluate": cmd_evaluate, "inspect": cmd_inspect}
+            "demo": cmd_demo, "evaluate": cmd_evaluate, "inspect": cmd_inspect,
+            "publish": cmd_publish, "rollback": cmd_rollback}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,11 @@ def publish(r: redis.Redis, version: str, written: dict, expected: dict) -> str 
         if got != want:
             raise PublishError(f"list version {version}: wrote {got} {kind} lists, model has {want}; not published")
     write_meta(r, version, {"state": "complete", "written": written, "published_at": time.time()})
+    return _flip(r, version)
+
+
+def _flip(r: redis.Redis, version: str) -> str | None:
+    """Point ``current`` at ``version`` and ``previous`` at what it replaces, atomically (WATCH/MULTI)."""
     with r.pipeline() as pipe:
         while True:
             try:
@@ -60,3 +65,22 @@ def publish(r: redis.Redis, version: str, written: dict, expected: dict) -> str 
 def current_version(r: redis.Redis) -> str | None:
     v = r.get(keys.CURRENT)
     return v.decode() if v is not None else None
+
+
+def publish_version(r: redis.Redis, version: str) -> str | None:
+    """Serve an already written version again (`fuserank publish`): only a complete one."""
+    state = read_meta(r, version).get("state")
+    if state != "complete":
+        raise PublishError(f"list version {version!r} is {'not in Redis' if state is None else state!r}; "
+                           "only a completely written version can be published")
+    return _flip(r, version)
+
+
+def rollback(r: redis.Redis) -> tuple[str, str]:
+    """Swap ``current`` and ``previous`` (`fuserank rollback`); returns (from, to)."""
+    previous = r.get(keys.PREVIOUS)
+    current = current_version(r)
+    if previous is None or current is None:
+        raise PublishError("nothing to roll back to: no previous list version is recorded")
+    publish_version(r, previous.decode())
+    return current, previous.decode()
