@@ -51,6 +51,7 @@ class RecommendationService:
         self.redis = redis.Redis.from_url(redis_url, socket_timeout=0.25, socket_connect_timeout=0.25,
                                           retry_on_timeout=False)
         self._pointer: tuple[float, str | None, str | None] = (0.0, None, None)
+        self._suppressed: frozenset[int] = frozenset()
         self._lock = threading.Lock()
         self.names = self.model.anime["name"].to_numpy(object)
         log.info("model %s loaded: %d users, %d anime", self.model.version, self.model.n_users, self.model.n_anime)
@@ -62,7 +63,9 @@ class RecommendationService:
         if time.monotonic() - fetched_at < POINTER_TTL_S:
             return version, model_version
         with self._lock:
-            raw = self.redis.get(keys.CURRENT)
+            with self.redis.pipeline(transaction=False) as pipe:
+                raw, members = pipe.get(keys.CURRENT).smembers(keys.SUPPRESSED).execute()
+            self._suppressed = frozenset(int(m) for m in members)
             version = raw.decode() if raw is not None else None
             if version != self._pointer[1]:
                 model_version = read_meta(self.redis, version).get("model_version") if version else None
@@ -101,6 +104,12 @@ class RecommendationService:
     def user_recommendations(self, user_id: int, n: int, live: bool = False, include_adult: bool = False) -> Answer:
         u = int(self.model.user_index(user_id)[0])
         degraded = False
+        try:
+            self.list_version()  # refreshes the pointer and the suppression set at most once a second
+        except redis.RedisError:
+            degraded = True  # keep the last suppression set seen
+        if user_id in self._suppressed:
+            return Answer(self._popular(n, include_adult), "popular", self.model.version)
         if u >= 0 and not live and not include_adult:
             try:
                 answer = self._precomputed(lambda v: keys.user(v, user_id), n)

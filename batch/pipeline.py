@@ -18,6 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 import redis
 
 from fuserank import keys
+from fuserank.privacy import suppressed
 from fuserank.publish import PublishError, current_version
 from fuserank.artifacts import ModelArtifact
 from fuserank.config import HybridSettings
@@ -38,8 +39,8 @@ def blocks(n: int, size: int) -> list[tuple[int, int]]:
 
 
 class ScoreUserBlockFn(beam.DoFn):
-    def __init__(self, model_dir: str, settings: HybridSettings, version: str):
-        self.model_dir, self.settings, self.version = model_dir, settings, version
+    def __init__(self, model_dir: str, settings: HybridSettings, version: str, skip: frozenset = frozenset()):
+        self.model_dir, self.settings, self.version, self.skip = model_dir, settings, version, skip
 
     def setup(self):
         self.scorer = load_scorer(self.model_dir, self.settings)
@@ -50,6 +51,8 @@ class ScoreUserBlockFn(beam.DoFn):
         users = np.arange(*block)
         ranked = self.scorer.score_users(users)
         for i, u in enumerate(users):
+            if int(model.user_ids[u]) in self.skip:
+                continue
             items, scores = ranked.row(i)
             yield keys.user(self.version, model.user_ids[u]), keys.encode_items(model.anime_ids[items], scores)
 
@@ -72,9 +75,9 @@ class AnimeNeighboursFn(beam.DoFn):
 class ScoreUsers(beam.PTransform):
     """Blocks of encoded users -> (redis key, hybrid top-N) for each user."""
 
-    def __init__(self, model_dir, settings, version):
+    def __init__(self, model_dir, settings, version, skip=frozenset()):
         super().__init__()
-        self.fn = ScoreUserBlockFn(model_dir, settings, version)
+        self.fn = ScoreUserBlockFn(model_dir, settings, version, skip)
 
     def expand(self, user_blocks):
         return user_blocks | beam.ParDo(self.fn)
@@ -115,10 +118,12 @@ class Publish(beam.PTransform):
 
 
 def build(p: beam.Pipeline, model_dir: str, redis_url: str, settings: HybridSettings, model: ModelArtifact,
-          block_size: int = 512):
+          block_size: int = 512, skip: frozenset = frozenset()):
+    """``skip``: forgotten users (fuserank.privacy), who get no stored list."""
     version = keys.list_version(model.version, settings.digest())
+    skip = frozenset(u for u in skip if model.user_index(u)[0] >= 0)
     users_written = (p | "UserBlocks" >> beam.Create(blocks(model.n_users, block_size))
-                     | "ScoreUsers" >> ScoreUsers(model_dir, settings, version)
+                     | "ScoreUsers" >> ScoreUsers(model_dir, settings, version, skip)
                      | "WriteUsers" >> WriteToRedis(redis_url, "users"))
     anime_written = (p | "AnimeBlocks" >> beam.Create(blocks(model.n_anime, block_size * 4))
                      | "AnimeNeighbours" >> AnimeNeighbours(model_dir, settings, version)
@@ -129,7 +134,7 @@ def build(p: beam.Pipeline, model_dir: str, redis_url: str, settings: HybridSett
     if os.path.exists(evaluation):
         with open(evaluation) as fh:
             meta["evaluation"] = json.load(fh)
-    expected = {"users": model.n_users, "anime": model.n_anime}
+    expected = {"users": model.n_users - len(skip), "anime": model.n_anime}
     published = (users_written, anime_written) | "Publish" >> Publish(redis_url, version, expected, meta)
     return version, published
 
@@ -151,8 +156,13 @@ def precompute(model_dir: str, redis_url: str, settings: HybridSettings | None =
     model = ModelArtifact.load(model_dir)
     options, runner = pipeline_options(beam_args)
     t0 = time.time()
+    client = redis.Redis.from_url(redis_url, socket_timeout=30)
+    try:
+        skip = suppressed(client)
+    finally:
+        client.close()
     p = beam.Pipeline(runner=runner, options=options)
-    version, _ = build(p, model_dir, redis_url, settings, model, block_size)
+    version, _ = build(p, model_dir, redis_url, settings, model, block_size, skip)
     log.info("precompute list version %s: %d users, %d anime", version, model.n_users, model.n_anime)
     p.run().wait_until_finish()
     seconds = time.time() - t0
@@ -164,5 +174,5 @@ def precompute(model_dir: str, redis_url: str, settings: HybridSettings | None =
     if served != version:
         raise PublishError(f"pipeline finished but the current list version is {served}, not {version}")
     log.info("precompute finished in %.1fs", seconds)
-    return {"version": version, "model_version": model.version, "users": model.n_users,
+    return {"version": version, "model_version": model.version, "users": model.n_users, "forgotten": len(skip),
             "anime": model.n_anime, "seconds": round(seconds, 2)}

@@ -228,9 +228,20 @@ def cmd_rollback(argv):
     print(json.dumps({"current": now, "previous": was}))
 
 
+def cmd_forget(argv):
+    p = _parser("fuserank forget", description="Forget a user: delete their stored lists in every version and "
+                "suppress their id (the API and later precomputes treat them as unknown).")
+    _redis_url(p)
+    p.add_argument("--user", type=_int_in(0), required=True, help="MyAnimeList user id")
+    a = p.parse_args(argv)
+    import redis
+    from fuserank.privacy import forget
+    print(json.dumps(forget(redis.Redis.from_url(a.redis_url, socket_timeout=10), a.user)))
+
+
 COMMANDS = {"ingest": cmd_ingest, "train": cmd_train, "precompute": cmd_precompute, "serve": cmd_serve,
             "demo": cmd_demo, "evaluate": cmd_evaluate, "inspect": cmd_inspect,
-            "publish": cmd_publish, "rollback": cmd_rollback}
+            "publish": cmd_publish, "rollback": cmd_rollback, "forget": cmd_forget}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ precompute never overwrites what is being served; one pointer names the version 
     fuserank:current                 -> list version being served
     fuserank:previous                -> the version it replaced (rollback target)
     fuserank:versions                -> sorted set: version -> publish time (unix seconds)
+    fuserank:suppressed              -> set of user ids that were forgotten (never personalised again)
     fuserank:v:{version}:meta        -> hash: model_version, settings, counts, written_at, state
     fuserank:v:{version}:u:{user_id} -> user's hybrid top-N
     fuserank:v:{version}:a:{anime_id} -> anime's nearest neighbours
@@ -20,6 +21,7 @@ PREFIX = "fuserank"
 CURRENT = f"{PREFIX}:current"
 PREVIOUS = f"{PREFIX}:previous"
 VERSIONS = f"{PREFIX}:versions"
+SUPPRESSED = f"{PREFIX}:suppressed"   # set of user ids that asked to be forgotten
 _VERSION_HEAD = f"{PREFIX}:v:"
 _SEGMENTS = {"u": "user", "a": "anime"}
 
