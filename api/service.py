@@ -20,6 +20,7 @@ from fuserank.config import HybridSettings
 from fuserank.foldin import fold_in
 from fuserank.publish import read_meta
 from fuserank.scorer import HybridScorer
+from fuserank.similarity import top_k_rows
 
 log = logging.getLogger("fuserank.api")
 POINTER_TTL_S = 1.0
@@ -167,6 +168,6 @@ class RecommendationService:
         sims[a] = -np.inf
         if not include_adult:
             sims[self.model.adult_mask] = -np.inf
-        order = np.lexsort((np.arange(len(sims)), -sims))[:n]
-        order = order[np.isfinite(sims[order])]
-        return Answer(self._items(order, sims[order]), "live", self.model.version, degraded=degraded)
+        order, scores = top_k_rows(sims[None, :], n)
+        keep = np.isfinite(scores[0])
+        return Answer(self._items(order[0][keep], scores[0][keep]), "live", self.model.version, degraded=degraded)

@@ -39,7 +39,7 @@ from typing import Callable, Sequence
 import redis
 
 from fuserank import keys
-from fuserank.artifacts import file_sha256
+from fuserank.artifacts import MANIFEST, file_sha256, read_manifest
 from fuserank.errors import FuseRankError
 from fuserank.publish import current_version, read_meta
 
@@ -58,7 +58,7 @@ LOCK = "dvc.lock"
 # What a DVC workspace needs from the project (plus data/ when it exists: the bundled sample).
 PROJECT_FILES = ("dvc.yaml", PARAMS, LOCK, ".dvc/config", ".dvc/.gitignore", ".dvcignore")
 MODEL_EXTRA_FILES = ("history.json", EVALUATION)   # stored beside the manifest's files
-MANIFEST = "manifest.json"
+
 
 
 class NightlyError(FuseRankError):
@@ -116,7 +116,7 @@ def load_evaluation(model_dir: str) -> dict:
     except FileNotFoundError:
         raise NightlyError(f"{path}: missing; run `fuserank evaluate --model {model_dir} --data DATA_DIR` "
                            "(the DVC `evaluate` stage) first") from None
-    manifest = _read_json(os.path.join(model_dir, MANIFEST))
+    manifest = read_manifest(model_dir)
     if evaluation.get("model_version") != manifest.get("model_version"):
         raise NightlyError(f"{path} evaluates model {evaluation.get('model_version')!r}, but {model_dir} holds "
                            f"model {manifest.get('model_version')!r}: stale evaluation")
@@ -234,16 +234,8 @@ def get_file(uri: str, local: str) -> bool:
     return True
 
 
-def _read_json(path: str) -> dict:
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        raise NightlyError(f"{path}: missing (is this a FuseRank model directory?)") from None
-
-
 def model_files(model_dir: str) -> list[str]:
-    manifest = _read_json(os.path.join(model_dir, MANIFEST))
+    manifest = read_manifest(model_dir)
     names = sorted(manifest.get("files", {}))
     if not names:
         raise NightlyError(f"{model_dir}/{MANIFEST} lists no files")
@@ -252,7 +244,7 @@ def model_files(model_dir: str) -> list[str]:
 
 def store_model(model_dir: str, models_uri: str) -> str:
     """Upload the model under its version; the manifest goes last, so a version with a manifest is complete."""
-    version = _read_json(os.path.join(model_dir, MANIFEST))["model_version"]
+    version = read_manifest(model_dir)["model_version"]
     target = _join(models_uri, version)
     for name in model_files(model_dir):
         put_file(os.path.join(model_dir, name), _join(target, name))
@@ -267,7 +259,7 @@ def fetch_model(models_uri: str, model_version: str, out_dir: str) -> str:
     os.makedirs(out_dir, exist_ok=True)
     if not get_file(_join(source, MANIFEST), os.path.join(out_dir, MANIFEST)):
         raise NightlyError(f"{source}: no {MANIFEST}; model {model_version} was never (completely) stored")
-    manifest = _read_json(os.path.join(out_dir, MANIFEST))
+    manifest = read_manifest(out_dir)
     if manifest.get("model_version") != model_version:
         raise NightlyError(f"{source}/{MANIFEST} names model {manifest.get('model_version')!r}, not {model_version!r}")
     for name, digest in sorted(manifest.get("files", {}).items()):

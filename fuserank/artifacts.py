@@ -86,7 +86,9 @@ def save_user_lists(path: str, lists: sp.csr_matrix) -> None:
                         ratings=lists.data.astype(np.int8), shape=np.array(lists.shape, dtype=np.int64))
 
 
-def _read_json(path: str) -> dict:
+def read_manifest(model_dir: str) -> dict:
+    """A local model directory's manifest; a clear ArtifactError when there is none."""
+    path = os.path.join(model_dir, MANIFEST)
     try:
         with open(path) as fh:
             return json.load(fh)
@@ -111,7 +113,7 @@ class ModelArtifact:
     def load(cls, model_dir: str) -> "ModelArtifact":
         """Load from a local directory or a ``gs://`` URI (cached locally, checksums verified)."""
         model_dir = localise(model_dir)
-        manifest = _read_json(os.path.join(model_dir, MANIFEST))
+        manifest = read_manifest(model_dir)
         try:
             user_emb = np.load(os.path.join(model_dir, USER_EMB))
             anime_emb = np.load(os.path.join(model_dir, ANIME_EMB))
