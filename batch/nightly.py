@@ -60,7 +60,6 @@ PROJECT_FILES = ("dvc.yaml", PARAMS, LOCK, ".dvc/config", ".dvc/.gitignore", ".d
 MODEL_EXTRA_FILES = ("history.json", EVALUATION)   # stored beside the manifest's files
 
 
-
 class NightlyError(FuseRankError):
     pass
 
