@@ -21,6 +21,10 @@ def _service():
     return current_app.extensions["fuserank"]
 
 
+def _json(body: bytes):
+    return current_app.response_class(body, mimetype="application/json")
+
+
 def parse_id(name: str, raw: str) -> int:
     if not _UINT.fullmatch(raw) or int(raw) > MAX_ID:
         raise BadParameter(name, f"must be a non-negative integer, got {raw[:40]!r}")
@@ -53,7 +57,7 @@ def user_recommendations(user_id: str):
     uid = parse_id("user_id", user_id)
     n, live, adult = parse_n(), parse_source(), parse_bool("include_adult")
     answer = _service().user_recommendations(uid, n, live=live, include_adult=adult)
-    return jsonify(answer.body("user_id", uid))
+    return _json(answer.to_json("user_id", uid))
 
 
 MAX_RATINGS = 1000
@@ -105,7 +109,7 @@ def similar_anime(anime_id: str):
     answer = _service().similar_anime(aid, n, include_adult=adult)
     if answer is None:
         raise NotFound(f"anime {aid} is not in model {_service().model.version}")
-    return jsonify(answer.body("anime_id", aid))
+    return _json(answer.to_json("anime_id", aid))
 
 
 @health.get("/healthz")

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -28,19 +29,31 @@ POINTER_TTL_S = 1.0
 
 @dataclass
 class Answer:
-    items: list[dict]
+    """One answer; a precomputed one keeps the stored JSON array (``raw_items``) to splice as-is."""
+
+    items: list[dict] | None
     source: str
     model_version: str
     list_version: str | None = None
     degraded: bool = False
+    raw_items: bytes | None = None
 
-    def body(self, key: str, value: int) -> dict:
-        out = {key: value, "model_version": self.model_version, "source": self.source, "items": self.items}
+    def _head(self, key: str, value) -> dict:
+        out = {key: value, "model_version": self.model_version, "source": self.source}
         if self.list_version:
             out["list_version"] = self.list_version
         if self.degraded:
             out["degraded"] = True
         return out
+
+    def body(self, key: str, value) -> dict:
+        items = self.items if self.raw_items is None else json.loads(self.raw_items)
+        return {**self._head(key, value), "items": items}
+
+    def to_json(self, key: str, value) -> bytes:
+        """The response body; a stored list is not decoded and re-encoded on the hot path."""
+        items = self.raw_items if self.raw_items is not None else json.dumps(self.items).encode()
+        return json.dumps(self._head(key, value)).encode()[:-1] + b', "items": ' + items + b"}"
 
 
 class RecommendationService:
@@ -95,12 +108,10 @@ class RecommendationService:
         raw = self.redis.get(key_of(version)) if version else None
         if raw is None:
             return None
-        items = keys.decode_items(raw)
-        if len(items) < n:
+        if keys.list_length(raw) < n:
             return None
-        enc = self.model.anime_index([a for a, _ in items[:n]])
-        return Answer(self._items(enc, [s for _, s in items[:n]]), "precomputed",
-                      model_version or self.model.version, version)
+        return Answer(None, "precomputed", model_version or self.model.version, version,
+                      raw_items=keys.slice_list(raw, n))
 
     def user_recommendations(self, user_id: int, n: int, live: bool = False, include_adult: bool = False) -> Answer:
         u = int(self.model.user_index(user_id)[0])

@@ -44,6 +44,7 @@ class ScoreUserBlockFn(beam.DoFn):
 
     def setup(self):
         self.scorer = load_scorer(self.model_dir, self.settings)
+        self.names = self.scorer.model.anime["name"].to_numpy(object)
 
     def process(self, block):
         import numpy as np
@@ -54,7 +55,8 @@ class ScoreUserBlockFn(beam.DoFn):
             if int(model.user_ids[u]) in self.skip:
                 continue
             items, scores = ranked.row(i)
-            yield keys.user(self.version, model.user_ids[u]), keys.encode_items(model.anime_ids[items], scores)
+            yield (keys.user(self.version, model.user_ids[u]),
+                   keys.encode_list(model.anime_ids[items], scores, self.names[items]))
 
 
 class AnimeNeighboursFn(beam.DoFn):
@@ -63,13 +65,14 @@ class AnimeNeighboursFn(beam.DoFn):
 
     def setup(self):
         self.scorer = load_scorer(self.model_dir, self.settings)
+        self.names = self.scorer.model.anime["name"].to_numpy(object)
 
     def process(self, block):
         s, model = self.scorer, self.scorer.model
         for a in range(*block):
-            keep = ~model.adult_mask[s.neighbour_idx[a]]
-            yield (keys.anime(self.version, model.anime_ids[a]),
-                   keys.encode_items(model.anime_ids[s.neighbour_idx[a][keep]], s.neighbour_sim[a][keep]))
+            idx = s.neighbour_idx[a]
+            idx, sim = idx[~model.adult_mask[idx]], s.neighbour_sim[a][~model.adult_mask[idx]]
+            yield keys.anime(self.version, model.anime_ids[a]), keys.encode_list(model.anime_ids[idx], sim, self.names[idx])
 
 
 class ScoreUsers(beam.PTransform):

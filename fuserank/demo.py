@@ -62,7 +62,7 @@ def run_demo(ratings, anime, work_dir, redis_url, min_user_ratings=20, epochs=No
         for uid in users:
             answer = service.user_recommendations(uid, 5)
             print(f"\nTop 5 for user {uid} ({answer.source}):")
-            for item in answer.items:
+            for item in answer.body("user_id", uid)["items"]:
                 print(f"  {item['score']:.3f}  {item['name']} (anime {item['anime_id']})")
         first_anime = int(service.model.anime_ids[service.model.popularity[0]])
         if serve:

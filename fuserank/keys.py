@@ -73,11 +73,50 @@ def parse_key(key: bytes | str) -> dict | None:
     return {"version": parts[0], "kind": _SEGMENTS[parts[1]], "id": ident}
 
 
-def encode_items(anime_ids: np.ndarray, scores: np.ndarray) -> bytes:
-    """Compact JSON ``[[anime_id, score], ...]`` (scores to 4 decimals), best first."""
-    pairs = ",".join(f"[{int(a)},{float(s):.4f}]" for a, s in zip(anime_ids, scores))
-    return f"[{pairs}]".encode()
+def encode_list(anime_ids, scores, names, reasons=None) -> bytes:
+    """A stored list: ``OFFSETS\n[ITEM,...]``, best first, ready to be spliced into an API response.
+
+    Each ITEM is the JSON object the API returns (``anime_id``, ``name``, ``score`` to 4 decimals, and
+    ``reasons`` when given). OFFSETS are the comma-separated byte offsets where each item ends in the
+    array text, so the first ``n`` items are a slice (``slice_list``), not a parse and a re-encode.
+    """
+    parts, ends, pos = [], [], 1
+    for i, (a, s, name) in enumerate(zip(anime_ids, scores, names)):
+        item = f'{{"anime_id":{int(a)},"name":{json.dumps(str(name))},"score":{float(s):.4f}'
+        if reasons is not None and reasons[i] is not None:
+            item += f',"reasons":{json.dumps(reasons[i], separators=(",", ":"))}'
+        item += "}"
+        pos += len(item.encode()) + (1 if parts else 0)
+        parts.append(item)
+        ends.append(pos)
+    return (",".join(map(str, ends)) + "\n[" + ",".join(parts) + "]").encode()
+
+
+def _split(value: bytes) -> tuple[list[int], bytes]:
+    head, _, body = value.partition(b"\n")
+    return ([int(x) for x in head.split(b",")] if head else []), body
+
+
+def list_length(value: bytes) -> int:
+    head = value[:value.index(b"\n")]
+    return head.count(b",") + 1 if head else 0
+
+
+def slice_list(value: bytes, n: int) -> bytes:
+    """JSON array text of the first ``n`` items of a stored list (all of them when it holds fewer)."""
+    ends, body = _split(value)
+    if n >= len(ends):
+        return body
+    return body[:ends[n - 1]] + b"]" if n > 0 else b"[]"
+
+
+def decode_list(value: bytes | str) -> list[dict]:
+    """The stored items as dicts (``anime_id``, ``name``, ``score``, optional ``reasons``)."""
+    if isinstance(value, str):
+        value = value.encode()
+    return json.loads(_split(value)[1])
 
 
 def decode_items(value: bytes | str) -> list[tuple[int, float]]:
-    return [(int(a), float(s)) for a, s in json.loads(value)]
+    """``[(anime_id, score), ...]`` of a stored list, for inspection and comparisons."""
+    return [(int(item["anime_id"]), float(item["score"])) for item in decode_list(value)]

@@ -28,7 +28,8 @@ def expected_user_lists(model_dir, version):
     out = []
     for u in range(model.n_users):
         items, scores = ranked.row(u)
-        out.append((keys.user(version, model.user_ids[u]), keys.encode_items(model.anime_ids[items], scores)))
+        names = model.anime["name"].to_numpy(object)[items]
+        out.append((keys.user(version, model.user_ids[u]), keys.encode_list(model.anime_ids[items], scores, names)))
     return out
 
 

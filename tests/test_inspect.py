@@ -85,7 +85,7 @@ def test_anime_neighbours_are_what_precompute_stored(r, stored):
 
 
 def test_versions_lists_both_marks_current_and_counts_keys(r, stored):
-    r.set(keys.user("orphan-0", 1), keys.encode_items([1000], [0.5]))  # a half-written run: no meta
+    r.set(keys.user("orphan-0", 1), keys.encode_list([1000], [0.5], ["x"]))  # a half-written run: no meta
     r.set("someone-else:key", "x")
     vs = {v["version"]: v for v in list_versions(r)}
     assert set(vs) == {stored["first"], stored["second"], "orphan-0"}
@@ -107,8 +107,8 @@ def test_versions_lists_both_marks_current_and_counts_keys(r, stored):
 def test_diff_shows_added_removed_and_moved(r):
     for v in ("old-1", "new-1"):
         write_meta(r, v, {"model_version": "m", "written_at": 0})
-    r.set(keys.user("old-1", 5), keys.encode_items([10, 20, 30, 40], [0.9, 0.8, 0.7, 0.6]))
-    r.set(keys.user("new-1", 5), keys.encode_items([20, 10, 30, 50], [0.95, 0.9, 0.7, 0.5]))
+    r.set(keys.user("old-1", 5), keys.encode_list([10, 20, 30, 40], [0.9, 0.8, 0.7, 0.6], "abcd"))
+    r.set(keys.user("new-1", 5), keys.encode_list([20, 10, 30, 50], [0.95, 0.9, 0.7, 0.5], "badf"))
     d = diff_user(r, 5, against="old-1", version="new-1")
     assert (d["added"], d["removed"], d["moved"], d["same"]) == ([50], [40], [20, 10], [30])
     rows = {row["anime_id"]: row for row in d["rows"]}
