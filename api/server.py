@@ -1,13 +1,35 @@
-"""Runs the Flask app under gunicorn (never Flask's debug server), model loaded once before forking."""
+"""Runs the Flask app under gunicorn (never Flask's debug server), model loaded once before forking.
+
+Before the app is built (and so before prometheus_client creates a metric) a fresh temporary
+``PROMETHEUS_MULTIPROC_DIR`` is set up unless one is given, so ``/metrics`` sums every worker; each
+worker that exits is marked dead there, and the directory the server made is removed when it stops.
+Logging goes through fuserank.logs (``LOG_FORMAT=json`` for JSON lines), gunicorn's own lines included.
+
+Worker model: ``gthread`` (2 workers x 4 threads by default; ``FUSERANK_WORKER_CLASS`` or
+``worker_class_name=`` to override), chosen by benchmarks/bench_serving.py on the 2-core reference
+machine: it gave the API the highest throughput at 16 connections in every run (sync, sync x3, gthread,
+gevent measured side by side; see benchmarks/README.md "Serving"). A sync worker closes the connection
+after each response, so every request pays a TCP handshake and an accept on these same 2 cores; gthread
+keeps connections alive and the thread hand-off and GIL switches cost less than that. gevent
+monkey-patches the socket layer redis-py uses and buys nothing for a handler that never waits long.
+``threads=1`` with no explicit class selects ``sync``.
+"""
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger as GunicornLogger
 
-from fuserank.api.app import create_app
+from fuserank import logs
 
 log = logging.getLogger("fuserank.api")
+WORKER_CLASS_ENV = "FUSERANK_WORKER_CLASS"
+WORKER_CLASSES = ("sync", "gthread", "gevent")
+DEFAULT_WORKER_CLASS = "gthread"
 
 
 class GunicornApp(BaseApplication):
@@ -23,14 +45,82 @@ class GunicornApp(BaseApplication):
         return self.application
 
 
-def gunicorn_options(host: str, port: int, workers: int, threads: int) -> dict:
-    return {"bind": f"{host}:{port}", "workers": workers, "threads": threads,
-            "worker_class": "gthread" if threads > 1 else "sync", "preload_app": True,
-            "timeout": 30, "graceful_timeout": 10, "keepalive": 5, "accesslog": None, "loglevel": "warning"}
+class RootLogger(GunicornLogger):
+    """gunicorn's error log through the root logger, so it gets FuseRank's format (plain or JSON)."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        for handler in list(self.error_log.handlers):
+            self.error_log.removeHandler(handler)
+        self.error_log.propagate = True
+
+
+def _child_exit(server, worker):
+    """A worker is gone: drop its live gauges from the multiprocess directory (counters stay summed)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def _worker_exit_flushing(app):
+    """A worker leaving cleanly writes its last request tallies (fuserank.api.metrics batches them)."""
+    def worker_exit(server, worker):
+        metrics = app.extensions.get("fuserank_metrics") if app is not None else None
+        if metrics is not None:
+            metrics.flush()
+    return worker_exit
+
+
+def worker_class(threads: int, requested: str | None = None) -> str:
+    chosen = requested or os.environ.get(WORKER_CLASS_ENV) or (DEFAULT_WORKER_CLASS if threads > 1 else "sync")
+    if chosen not in WORKER_CLASSES:
+        raise ValueError(f"{WORKER_CLASS_ENV}: expected one of {', '.join(WORKER_CLASSES)}, got {chosen!r}")
+    return chosen
+
+
+def gunicorn_options(host: str, port: int, workers: int, threads: int, klass: str | None = None,
+                     app=None) -> dict:
+    klass = klass or worker_class(threads)
+    options = {"bind": f"{host}:{port}", "workers": workers, "threads": threads, "worker_class": klass,
+               "preload_app": True, "timeout": 30, "graceful_timeout": 10, "keepalive": 5, "accesslog": None,
+               "loglevel": "warning", "logger_class": RootLogger, "child_exit": _child_exit,
+               "worker_exit": _worker_exit_flushing(app)}
+    if klass == "gevent":
+        options["worker_connections"] = 256
+    return options
+
+
+class MultiprocessDir:
+    """The metrics directory: the given one, or a fresh temporary one that only this process removes."""
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self.path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        self.owned = not self.path
+        if self.owned:
+            self.path = tempfile.mkdtemp(prefix="fuserank-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.path
+        else:
+            os.makedirs(self.path, exist_ok=True)
+
+    def close(self):
+        # Forked workers leave serve() through the same finally: only the process that made it removes it.
+        if self.owned and os.getpid() == self.pid:
+            shutil.rmtree(self.path, ignore_errors=True)
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == self.path:
+                del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 def serve(model_dir: str, redis_url: str, host: str = "127.0.0.1", port: int = 8000, workers: int = 2,
-          threads: int = 4, settings=None) -> None:
-    app = create_app(model_dir, redis_url, settings)
-    log.info("serving on http://%s:%d (%d workers x %d threads)", host, port, workers, threads)
-    GunicornApp(app, gunicorn_options(host, port, workers, threads)).run()
+          threads: int = 4, settings=None, worker_class_name: str | None = None) -> None:
+    logs.configure()
+    klass = worker_class(threads, worker_class_name)
+    metrics_dir = MultiprocessDir()
+    try:
+        from fuserank.api.app import create_app  # after the directory is set: metrics are built multiprocess
+        app = create_app(model_dir, redis_url, settings)
+        log.info("serving on http://%s:%d (%d %s workers%s); metrics of every worker summed in %s", host, port,
+                 workers, klass, f" x {threads} threads" if klass == "gthread" else "", metrics_dir.path)
+        GunicornApp(app, gunicorn_options(host, port, workers, threads, klass, app)).run()
+    finally:
+        metrics_dir.close()

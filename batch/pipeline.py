@@ -1,8 +1,14 @@
 """`fuserank precompute`: the Apache Beam job that fills Redis with every user's and anime's lists.
 
-One composite PTransform per stage: ScoreUsers (the hybrid, in blocks of users), AnimeNeighbours
-(cosine top-k in blocks of anime), WriteToRedis (pipelined, idempotent), and Publish (flips the
-current-version pointer only once every write is confirmed and counted against the model).
+One composite PTransform per stage: ScoreUsers (the hybrid, in blocks of users, each item with its
+reasons), AnimeNeighbours (the scorer's anime-neighbour lists), WriteToRedis (pipelined, idempotent),
+and Publish (flips the current-version pointer only once every write is confirmed and counted against
+the model).
+
+Blocks of users follow ``HybridScorer.user_order()``: with the similar-user IVF index (large models)
+the users of one index cell are scored together, so a block shares one candidate set. A block is an
+explicit array of encoded users, so any worker scores exactly the users it is given. Values are encoded
+by ``keys.ListEncoder`` (byte-identical to ``keys.encode_list``, built once per worker).
 """
 from __future__ import annotations
 
@@ -30,12 +36,26 @@ log = logging.getLogger("fuserank.precompute")
 
 @lru_cache(maxsize=2)
 def load_scorer(model_dir: str, settings: HybridSettings) -> HybridScorer:
-    """One artifact + neighbour graph per worker process, shared by every DoFn instance in it."""
+    """One artifact + neighbour graph (+ user index) per worker process, shared by every DoFn instance
+    in it (and, on the in-process runner, with ``precompute`` itself)."""
     return HybridScorer(ModelArtifact.load(model_dir), settings)
+
+
+@lru_cache(maxsize=2)
+def load_encoder(model_dir: str, settings: HybridSettings) -> keys.ListEncoder:
+    model = load_scorer(model_dir, settings).model
+    return keys.ListEncoder(model.anime_ids, model.anime["name"].fillna("").to_numpy(object))
 
 
 def blocks(n: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def user_blocks(order, size: int) -> list:
+    """Consecutive slices of an encoded-user order (int32 arrays): the ScoreUsers input."""
+    import numpy as np
+    order = np.asarray(order, dtype=np.int32)
+    return [order[start:start + size] for start in range(0, len(order), size)]
 
 
 class ScoreUserBlockFn(beam.DoFn):
@@ -44,19 +64,22 @@ class ScoreUserBlockFn(beam.DoFn):
 
     def setup(self):
         self.scorer = load_scorer(self.model_dir, self.settings)
-        self.names = self.scorer.model.anime["name"].to_numpy(object)
+        self.encoder = load_encoder(self.model_dir, self.settings)
 
     def process(self, block):
+        """``block``: encoded users (an array), or a ``(start, stop)`` range of them."""
         import numpy as np
         model = self.scorer.model
-        users = np.arange(*block)
-        ranked = self.scorer.score_users(users)
-        for i, u in enumerate(users):
-            if int(model.user_ids[u]) in self.skip:
+        users = np.arange(*block) if isinstance(block, tuple) else np.asarray(block, dtype=np.int64)
+        ranked = self.scorer.score_users(users, explain=True)
+        user_ids = model.user_ids[users].tolist()
+        for i, uid in enumerate(user_ids):
+            if uid in self.skip:
                 continue
-            items, scores = ranked.row(i)
-            yield (keys.user(self.version, model.user_ids[u]),
-                   keys.encode_list(model.anime_ids[items], scores, self.names[items]))
+            keep = ranked.items[i] >= 0
+            yield (keys.user(self.version, uid),
+                   self.encoder.encode(ranked.items[i][keep], ranked.scores[i][keep],
+                                       ranked.because[i][keep], ranked.similar_users[i][keep]))
 
 
 class AnimeNeighboursFn(beam.DoFn):
@@ -65,18 +88,18 @@ class AnimeNeighboursFn(beam.DoFn):
 
     def setup(self):
         self.scorer = load_scorer(self.model_dir, self.settings)
-        self.names = self.scorer.model.anime["name"].to_numpy(object)
+        self.encoder = load_encoder(self.model_dir, self.settings)
 
     def process(self, block):
         s, model = self.scorer, self.scorer.model
         for a in range(*block):
             idx = s.neighbour_idx[a]
-            idx, sim = idx[~model.adult_mask[idx]], s.neighbour_sim[a][~model.adult_mask[idx]]
-            yield keys.anime(self.version, model.anime_ids[a]), keys.encode_list(model.anime_ids[idx], sim, self.names[idx])
+            keep = ~model.adult_mask[idx]
+            yield keys.anime(self.version, model.anime_ids[a]), self.encoder.encode(idx[keep], s.neighbour_sim[a][keep])
 
 
 class ScoreUsers(beam.PTransform):
-    """Blocks of encoded users -> (redis key, hybrid top-N) for each user."""
+    """Blocks of encoded users -> (redis key, hybrid top-N with reasons) for each user."""
 
     def __init__(self, model_dir, settings, version, skip=frozenset()):
         super().__init__()
@@ -121,18 +144,22 @@ class Publish(beam.PTransform):
 
 
 def build(p: beam.Pipeline, model_dir: str, redis_url: str, settings: HybridSettings, model: ModelArtifact,
-          block_size: int = 512, skip: frozenset = frozenset()):
-    """``skip``: forgotten users (fuserank.privacy), who get no stored list."""
+          block_size: int = 512, skip: frozenset = frozenset(), order=None):
+    """``skip``: forgotten users (fuserank.privacy), who get no stored list; ``order``: the encoded users in
+    the order to score them (``HybridScorer.user_order()``), default 0..n-1."""
     version = keys.list_version(model.version, settings.digest())
     skip = frozenset(u for u in skip if model.user_index(u)[0] >= 0)
-    users_written = (p | "UserBlocks" >> beam.Create(blocks(model.n_users, block_size))
+    user_input = blocks(model.n_users, block_size) if order is None else user_blocks(order, block_size)
+    users_written = (p | "UserBlocks" >> beam.Create(user_input)
                      | "ScoreUsers" >> ScoreUsers(model_dir, settings, version, skip)
                      | "WriteUsers" >> WriteToRedis(redis_url, "users"))
     anime_written = (p | "AnimeBlocks" >> beam.Create(blocks(model.n_anime, block_size * 4))
                      | "AnimeNeighbours" >> AnimeNeighbours(model_dir, settings, version)
                      | "WriteAnime" >> WriteToRedis(redis_url, "anime"))
     meta = {"model_version": model.version, "settings": settings.to_dict(), "state": "writing",
-            "n_users": model.n_users, "n_anime": model.n_anime}
+            "n_users": model.n_users, "n_anime": model.n_anime,
+            # where the API loads this version's model from when the pointer moves to it (fuserank.api.service)
+            "model_uri": model_dir if str(model_dir).startswith("gs://") else os.path.abspath(model_dir)}
     evaluation = os.path.join(model_dir, "evaluation.json")
     if os.path.exists(evaluation):
         with open(evaluation) as fh:
@@ -156,16 +183,17 @@ def pipeline_options(beam_args: list[str] | None) -> tuple[PipelineOptions, obje
 def precompute(model_dir: str, redis_url: str, settings: HybridSettings | None = None,
                beam_args: list[str] | None = None, block_size: int = 512) -> dict:
     settings = settings or HybridSettings()
-    model = ModelArtifact.load(model_dir)
-    options, runner = pipeline_options(beam_args)
     t0 = time.time()
+    scorer = load_scorer(model_dir, settings)   # shared with the DoFns on the in-process runner
+    model = scorer.model
+    options, runner = pipeline_options(beam_args)
     client = redis.Redis.from_url(redis_url, socket_timeout=30)
     try:
         skip = suppressed(client)
     finally:
         client.close()
     p = beam.Pipeline(runner=runner, options=options)
-    version, _ = build(p, model_dir, redis_url, settings, model, block_size, skip)
+    version, _ = build(p, model_dir, redis_url, settings, model, block_size, skip, scorer.user_order())
     log.info("precompute list version %s: %d users, %d anime", version, model.n_users, model.n_anime)
     p.run().wait_until_finish()
     seconds = time.time() - t0

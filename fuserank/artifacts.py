@@ -156,6 +156,9 @@ class ModelArtifact:
 
     @staticmethod
     def _lookup(sorted_ids: np.ndarray, raw) -> np.ndarray:
+        if isinstance(raw, (int, np.integer)):      # one id (the API's hot path): no temporaries
+            pos = int(np.searchsorted(sorted_ids, raw))
+            return np.array([pos if pos < len(sorted_ids) and sorted_ids[pos] == raw else -1])
         raw = np.atleast_1d(np.asarray(raw, dtype=np.int64))
         pos = np.searchsorted(sorted_ids, raw).clip(0, max(len(sorted_ids) - 1, 0))
         return np.where(sorted_ids[pos] == raw, pos, -1)

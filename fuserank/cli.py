@@ -2,16 +2,28 @@
 
 Flags are strict (no abbreviations; an unknown or invalid flag fails naming it). Everything after a
 literal ``--`` on ``precompute`` goes to Apache Beam's PipelineOptions.
+
+Settings: every parser is a ``SettingsParser``, whose flags are the command's settings; before parsing it
+lays, over each flag's built-in default, the params file (``--params FILE`` anywhere on the command line,
+or ``$FUSERANK_PARAMS``; sections as in params.yaml) and then the environment (``FUSERANK_<SETTING>``), so
+flags given on the command line win (fuserank.config describes the layers). ``--help`` shows each
+setting's effective default and its environment variable; ``fuserank --help`` lists every command's.
+A value from the file or the environment that does not parse fails at start naming the setting and layer.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import io
 import json
 import logging
 import os
 import sys
+from urllib.parse import urlsplit, urlunsplit
 
-from fuserank.config import HybridSettings
+from fuserank.config import (OTHER_SECTIONS, PARAMS_ENV, PARAMS_FLAG, HybridSettings, SettingsError, env_names,
+                             env_value, load_params, params_path, parse_bool)
 from fuserank.errors import FuseRankError
 from fuserank.inspect import cmd_inspect
 
@@ -47,18 +59,168 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _parser(prog: str, **kw) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=prog, allow_abbrev=False,
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kw)
+# ------------------------------------------------------------------------------------------------
+# Settings: one parser class lays the params file and the environment under every command's flags
+# ------------------------------------------------------------------------------------------------
+_GLOBAL = {"params": None}     # --params FILE, taken off the command line by main()
+_COLLECT = {"on": False}       # `fuserank --help`: build each command's parser, run nothing
+LAYERS_TEXT = (f"Settings, lowest to highest: built-in defaults < the params file named by {PARAMS_FLAG} FILE "
+               f"(anywhere on the command line) or ${PARAMS_ENV} (YAML or JSON, sections as in params.yaml, "
+               "keys = flags without dashes; never read implicitly) < environment FUSERANK_<SETTING> "
+               "(e.g. FUSERANK_TOP_N; REDIS_URL too) < command-line flags. Defaults shown are after the file "
+               "and the environment.")
+
+
+class _Collected(Exception):
+    def __init__(self, parser):
+        super().__init__(parser.prog)
+        self.parser = parser
+
+
+def _redact(value: str) -> str:
+    """A URL's password hidden (help texts and listings must not print Redis credentials)."""
+    if "://" not in value or "@" not in value:
+        return value
+    try:
+        parts = urlsplit(value)
+        if parts.password is None:
+            return value
+        host = parts.netloc.rsplit("@", 1)[1]
+        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    except ValueError:
+        return "<redacted>"
+
+
+def _settings_of(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions
+            if a.option_strings and a.dest not in ("help", argparse.SUPPRESS) and not isinstance(a, argparse._HelpAction)]
+
+
+def _flag(action: argparse.Action) -> str:
+    return max(action.option_strings, key=len)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every setting's help ends with its (effective) default and its environment variable."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.option_strings and action.dest not in ("help", argparse.SUPPRESS) \
+                and not isinstance(action, argparse._HelpAction):
+            if action.required:
+                text += " (required)"
+            elif "%(default)" not in text:
+                text += " (default: %(default)s)"
+            text += f" [env {' or '.join(env_names(action.dest))}]"
+        return text
+
+    def _expand_help(self, action):
+        if isinstance(action.default, str):
+            action = copy.copy(action)
+            action.default = _redact(action.default)
+        return super()._expand_help(action)
+
+
+class SettingsParser(argparse.ArgumentParser):
+    """An ArgumentParser whose flags take their defaults from the layers (fuserank.config) before parsing.
+
+    ``sections``: the params-file sections it reads, in order (default: the command's name; the hybrid
+    knobs add ``hybrid`` in front). ``sources`` records where each layered default came from.
+    """
+
+    def __init__(self, *args, sections=None, **kw):
+        kw.setdefault("allow_abbrev", False)
+        kw.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kw)
+        words = self.prog.split()
+        self.sections = list(sections) if sections is not None else words[1:2]
+        self.sources: dict[str, str] = {}
+        self._layered = False
+        if self.epilog is None and len(words) >= 2:
+            self.epilog = LAYERS_TEXT
+
+    def add_argument(self, *args, **kw):
+        action = super().add_argument(*args, **kw)
+        if action.option_strings and not action.help:
+            action.help = action.dest.replace("_", " ")
+        return action
+
+    def apply_layers(self, environ=None) -> None:
+        """Params file, then environment, as defaults of this parser's flags (once)."""
+        if self._layered:
+            return
+        self._layered = True
+        if any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
+            return                              # the sub-commands' parsers read the layers themselves
+        settings = {a.dest: a for a in _settings_of(self)}
+        by_key = {o[2:]: a for a in settings.values() for o in a.option_strings if o.startswith("--")}
+        found: dict[str, tuple[object, str]] = {}
+        located = params_path(_GLOBAL["params"], environ)
+        if located:
+            path, origin = located
+            doc = load_params(path, origin, known_sections())
+            for section in self.sections:
+                for key, raw in (doc.get(section) or {}).items():
+                    action = by_key.get(str(key).replace("_", "-"))
+                    if action is None:
+                        raise SettingsError(f"params file {path}: [{section}] {key!r} is not a setting of "
+                                            f"`{self.prog}` (its settings: {', '.join(sorted(by_key))})")
+                    if raw is not None:
+                        found[action.dest] = (raw, f"params file {path} [{section}] {key}")
+        for dest in settings:
+            hit = env_value(dest, environ)
+            if hit is not None:
+                found[dest] = (hit[0], f"environment {hit[1]}")
+        for dest, (raw, source) in found.items():
+            action = settings[dest]
+            self.set_defaults(**{dest: self._convert(action, raw, source)})
+            action.required = False
+            self.sources[dest] = source
+
+    @staticmethod
+    def _convert(action: argparse.Action, raw, source: str):
+        where = f"setting {_flag(action)} (from {source})"
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return parse_bool(raw, where)
+        if isinstance(raw, (dict, list, tuple)) and not (isinstance(raw, (list, tuple)) and action.type is not None):
+            raise SettingsError(f"{where}: expected a single value, got {raw!r}")
+        text = ",".join(str(x) for x in raw) if isinstance(raw, (list, tuple)) else str(raw)
+        try:
+            value = action.type(text) if action.type is not None else text
+        except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
+            raise SettingsError(f"{where}: {exc}") from None
+        if action.choices is not None and value not in action.choices:
+            raise SettingsError(f"{where}: invalid choice {value!r} (choose from "
+                                f"{', '.join(map(repr, action.choices))})")
+        return value
+
+    def parse_known_args(self, args=None, namespace=None):
+        try:
+            self.apply_layers()
+        except SettingsError as exc:
+            self.error(str(exc))
+        if _COLLECT["on"]:
+            raise _Collected(self)
+        return super().parse_known_args(args, namespace)
+
+
+def known_sections() -> set[str]:
+    return set(COMMANDS) | set(OTHER_SECTIONS)
+
+
+def _parser(prog: str, **kw) -> SettingsParser:
+    return SettingsParser(prog=prog, **kw)
 
 
 def _redis_url(p: argparse.ArgumentParser, required: bool = True) -> None:
     default = os.environ.get("REDIS_URL")
     p.add_argument("--redis-url", default=default, required=required and default is None,
-                   help="Redis URL (redis:// or rediss://); default from $REDIS_URL")
+                   help="Redis URL (redis:// or rediss://)")
 
 
 def _hybrid_flags(p: argparse.ArgumentParser) -> None:
+    if isinstance(p, SettingsParser) and "hybrid" not in p.sections:
+        p.sections.insert(0, "hybrid")
     d = HybridSettings()
     p.add_argument("--top-n", type=_int_in(1, 1000), default=d.top_n, help="list length per user")
     p.add_argument("--neighbours", type=_int_in(1, 1000), default=d.neighbours, help="neighbours per anime")
@@ -68,9 +230,12 @@ def _hybrid_flags(p: argparse.ArgumentParser) -> None:
                    help="raw rating that counts as liked")
     p.add_argument("--stage1-seeds", type=_int_in(1, 1000), default=d.stage1_seeds,
                    help="stage 2 expands from this many stage-1 picks (plus the user's own liked anime)")
-    p.add_argument("--weight-stage1", type=_weight, default=d.weight_stage1)
-    p.add_argument("--weight-stage2", type=_weight, default=d.weight_stage2)
-    p.add_argument("--weight-model", type=_weight, default=d.weight_model)
+    p.add_argument("--weight-stage1", type=_weight, default=d.weight_stage1,
+                   help="weight of the stage-1 (similar users) term")
+    p.add_argument("--weight-stage2", type=_weight, default=d.weight_stage2,
+                   help="weight of the stage-2 (anime neighbours) term")
+    p.add_argument("--weight-model", type=_weight, default=d.weight_model,
+                   help="weight of the model's own user.anime cosine")
 
 
 def _settings(args) -> HybridSettings:
@@ -85,10 +250,15 @@ def cmd_ingest(argv):
     p.add_argument("--min-user-ratings", type=_int_in(1), default=400, help="keep users with at least this many ratings")
     p.add_argument("--seed", type=_int_in(0), default=0, help="split seed")
     p.add_argument("--lenient", action="store_true", help="skip (and count) malformed rows instead of failing")
+    p.add_argument("--redis-url", default=os.environ.get("REDIS_URL"),
+                   help="leave out users forgotten with `fuserank forget` (the fuserank:suppressed set); "
+                        "default from $REDIS_URL; an unreachable Redis fails the ingest")
+    p.add_argument("--suppressed-file", help="also leave out the user ids in this file (one per line; # comments)")
     a = p.parse_args(argv)
-    from fuserank.training.ingest import ingest
+    from fuserank.training.ingest import ingest, load_suppressed
+    suppressed, sources = load_suppressed(redis_url=a.redis_url, path=a.suppressed_file)
     manifest = ingest(a.ratings, a.out, anime=a.anime, min_user_ratings=a.min_user_ratings, seed=a.seed,
-                      lenient=a.lenient)
+                      lenient=a.lenient, suppressed=suppressed, suppression_sources=sources)
     print(json.dumps(manifest["counts"], indent=2))
 
 
@@ -110,11 +280,14 @@ def cmd_train(argv):
                    help="ranking: softmax temperature on the cosine logits")
     p.add_argument("--positive-weight", type=_positive_float, default=2.0,
                    help="ranking: weight of ratings >= 8 relative to other ratings")
+    p.add_argument("--optimizer", choices=["adagrad", "lazy_adam", "adam"], default=None,
+                   help="rating: adagrad (default; row-wise, updates only the batch's embedding rows), lazy_adam "
+                        "(Adam on the batch's rows, equal to adam), adam (Keras' dense Adam); ranking: adam")
     a = p.parse_args(argv)
     from fuserank.training.train import train
     manifest = train(a.data, a.out, epochs=a.epochs, embedding_dim=a.embedding_dim, seed=a.seed,
                      objective=a.objective, batch_size=a.batch_size, patience=a.patience,
-                     temperature=a.temperature, positive_weight=a.positive_weight)
+                     temperature=a.temperature, positive_weight=a.positive_weight, optimizer=a.optimizer)
     print(json.dumps({"model_version": manifest["model_version"], **manifest["metrics"]}, indent=2))
 
 
@@ -129,9 +302,58 @@ def cmd_precompute(argv):
     _redis_url(p)
     _hybrid_flags(p)
     p.add_argument("--block-size", type=_int_in(1), default=512, help="users scored per block")
+    _allow_eviction(p)
     a = p.parse_args(argv)
+    _check_memory_policy_before_writing(a.redis_url, a.allow_eviction)
     from fuserank.batch.pipeline import precompute
-    print(json.dumps(precompute(a.model, a.redis_url, _settings(a), beam_args, a.block_size), indent=2))
+    result = precompute(a.model, a.redis_url, _settings(a), beam_args, a.block_size)
+    result["cleanup"] = _cleanup_after_publish(a.redis_url)
+    print(json.dumps(result, indent=2))
+
+
+def _check_memory_policy_before_writing(redis_url: str, allow_eviction: bool) -> None:
+    """Refuse an evicting Redis before hours of scoring, not after. An unreachable Redis is not judged
+    here: the precompute reports it at its first Redis access."""
+    import redis
+    from fuserank.publish import check_memory_policy
+    client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=10)
+    try:
+        check_memory_policy(client, allow_eviction)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        log.warning("cannot check Redis's memory policy now (%s)", exc)
+    finally:
+        client.close()
+
+
+def _allow_eviction(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-eviction", action="store_true",
+                   help="write even if Redis's maxmemory-policy can evict keys (it should be noeviction)")
+
+
+@contextlib.contextmanager
+def _redis(url: str, timeout: float = 30):
+    """A client whose connection errors become clear CLI errors (no traceback)."""
+    import redis
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=10)
+    try:
+        yield client
+    except redis.RedisError as exc:
+        raise FuseRankError(f"Redis at {_redact(url)}: {exc}") from None
+    finally:
+        client.close()
+
+
+def _cleanup_after_publish(redis_url: str) -> dict:
+    """After a successful publish: drop versions older than current and previous. The publish already
+    happened, so a failure here is logged and reported, not fatal (the next run or `fuserank cleanup` retries)."""
+    from fuserank.publish import cleanup
+    try:
+        with _redis(redis_url) as client:
+            done = cleanup(client)
+        return {"removed": [r["version"] for r in done["removed"]], "kept": done["kept"]}
+    except FuseRankError as exc:
+        log.error("clean-up of old list versions failed (the new version is published): %s", exc)
+        return {"error": str(exc)}
 
 
 def cmd_serve(argv):
@@ -211,21 +433,48 @@ def cmd_publish(argv):
     p = _parser("fuserank publish", description="Point the API at an already written, complete list version.")
     _redis_url(p)
     p.add_argument("--version", required=True, help="list version (see `fuserank inspect versions`)")
+    _allow_eviction(p)
     a = p.parse_args(argv)
-    import redis
-    from fuserank.publish import publish_version
-    client = redis.Redis.from_url(a.redis_url, socket_timeout=10)
-    print(json.dumps({"current": a.version, "previous": publish_version(client, a.version)}))
+    from fuserank.publish import check_memory_policy, publish_version
+    with _redis(a.redis_url, 10) as client:
+        check_memory_policy(client, a.allow_eviction)
+        print(json.dumps({"current": a.version, "previous": publish_version(client, a.version)}))
 
 
 def cmd_rollback(argv):
     p = _parser("fuserank rollback", description="Serve the previous list version again (swaps current and previous).")
     _redis_url(p)
     a = p.parse_args(argv)
-    import redis
-    from fuserank.publish import rollback
-    was, now = rollback(redis.Redis.from_url(a.redis_url, socket_timeout=10))
+    from fuserank.publish import check_memory_policy, rollback
+    with _redis(a.redis_url, 10) as client:
+        # an emergency tool: an evicting memory policy is reported loudly, never in the way
+        check_memory_policy(client, allow_eviction=True, override="rolling back anyway")
+        was, now = rollback(client)
     print(json.dumps({"current": now, "previous": was}))
+
+
+def cmd_cleanup(argv):
+    p = _parser("fuserank cleanup", description="Remove published list versions older than current and previous "
+                "(SCAN + UNLINK in bounded batches; offline, never on the request path). `fuserank precompute` "
+                "runs this with --keep 2 after every publish. Versions never published (a precompute still "
+                "running, or killed) are left alone.")
+    _redis_url(p)
+    p.add_argument("--keep", type=_int_in(2), default=2,
+                   help="published versions kept, current and previous always among them")
+    p.add_argument("--batch-size", type=_int_in(1, 100_000), default=1000, help="keys per UNLINK")
+    p.add_argument("--scan-count", type=_int_in(1, 100_000), default=1000, help="COUNT hint per SCAN round trip")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    p.add_argument("--version", action="append", metavar="VERSION",
+                   help="instead: remove this one version (repeatable), e.g. what a killed precompute left "
+                        "(`fuserank inspect versions`); never current or previous")
+    a = p.parse_args(argv)
+    from fuserank.publish import cleanup, remove_versions
+    with _redis(a.redis_url) as client:
+        if a.version:
+            result = remove_versions(client, a.version, a.batch_size, a.scan_count, a.dry_run)
+        else:
+            result = cleanup(client, a.keep, a.batch_size, a.scan_count, a.dry_run)
+        print(json.dumps(result, indent=2))
 
 
 def cmd_forget(argv):
@@ -241,20 +490,128 @@ def cmd_forget(argv):
 
 COMMANDS = {"ingest": cmd_ingest, "train": cmd_train, "precompute": cmd_precompute, "serve": cmd_serve,
             "demo": cmd_demo, "evaluate": cmd_evaluate, "inspect": cmd_inspect,
-            "publish": cmd_publish, "rollback": cmd_rollback, "forget": cmd_forget}
+            "publish": cmd_publish, "rollback": cmd_rollback, "forget": cmd_forget, "cleanup": cmd_cleanup}
+
+
+def _take_params(argv: list[str]) -> tuple[list[str], str | None]:
+    """``--params FILE`` / ``--params=FILE`` anywhere before a literal ``--``, taken off the command line."""
+    out, path, i = [], None, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            out += argv[i:]
+            break
+        if arg == PARAMS_FLAG:
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                raise SettingsError(f"{PARAMS_FLAG} needs a FILE")
+            path, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith(PARAMS_FLAG + "="):
+            path, i = arg.split("=", 1)[1], i + 1
+            continue
+        out.append(arg)
+        i += 1
+    return out, path
+
+
+def _command_parser(name: str) -> SettingsParser | None:
+    """The parser a command builds, without running it (None for a command that does not use _parser)."""
+    _COLLECT["on"] = True
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            COMMANDS[name](["--help"])
+    except _Collected as got:
+        return got.parser
+    except SystemExit as exc:
+        if exc.code not in (0, None):     # a layer error: say it, as the command itself would
+            raise
+    finally:
+        _COLLECT["on"] = False
+    return None
+
+
+def resolve(command: str, argv: list[str]) -> argparse.Namespace:
+    """The settings ``fuserank COMMAND ARGV`` would run with, every layer applied, without running it.
+
+    The namespace's ``_sources`` maps each setting that did not keep its built-in default to its layer
+    (``params file F [section] key``, ``environment NAME``, or ``flag``).
+    """
+    argv, path = _take_params(list(argv))
+    saved, _GLOBAL["params"] = _GLOBAL["params"], path
+    try:
+        parser = _command_parser(command)
+        if parser is None:
+            raise SettingsError(f"`fuserank {command}` does not describe its settings")
+        if "--" in argv:
+            argv = argv[:argv.index("--")]
+        ns = parser.parse_args(argv)
+    finally:
+        _GLOBAL["params"] = saved
+    sources = dict(parser.sources)
+    for action in _settings_of(parser):
+        if any(arg == o or arg.startswith(o + "=") for arg in argv for o in action.option_strings):
+            sources[action.dest] = "flag"
+    ns._sources = sources
+    return ns
+
+
+def overview() -> str:
+    """`fuserank --help`: the commands, and every command's settings with default and environment variable."""
+    lines = [f"usage: fuserank COMMAND [{PARAMS_FLAG} FILE] [flags]    (fuserank COMMAND --help: one command)", "",
+             "commands:"]
+    parsers = {}
+    for name in COMMANDS:
+        parser = _command_parser(name)
+        parsers[name] = parser
+        description = (parser.description or "").split(". ")[0].rstrip(".") if parser else ""
+        lines.append(f"  {name:<11} {description}")
+    lines += ["", "settings (flag, default, environment variable):"]
+    for name, parser in parsers.items():
+        if parser is None:
+            lines.append(f"  {name}: see `fuserank {name} --help`")
+            continue
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        members = list(subs[0].choices.values()) if subs else [parser]
+        seen, rows = set(), []
+        for member in members:
+            if isinstance(member, SettingsParser):
+                try:
+                    member.apply_layers()
+                except SettingsError as exc:
+                    member.error(str(exc))
+            for action in _settings_of(member):
+                if _flag(action) in seen:
+                    continue
+                seen.add(_flag(action))
+                default = "(required)" if action.required else (
+                    _redact(action.default) if isinstance(action.default, str) else repr(action.default))
+                rows.append((_flag(action), default, " or ".join(env_names(action.dest))))
+        lines.append(f"  {name}")
+        for flag, default, env in rows:
+            lines.append(f"    {flag:<22} {default:<24} {env}")
+    lines += ["", LAYERS_TEXT]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+    try:
+        argv, _GLOBAL["params"] = _take_params(argv)
+    except SettingsError as exc:
+        print(f"fuserank: error: {exc}", file=sys.stderr)
+        return 2
+    if argv and argv[0] in ("-h", "--help"):
+        print(overview())
+        return 0
+    if not argv or argv[0] not in COMMANDS:
         print("usage: fuserank {" + ",".join(COMMANDS) + "} [--help] ...", file=sys.stderr if argv else sys.stdout)
-        if argv and argv[0] not in ("-h", "--help"):
+        if argv:
             print(f"fuserank: error: unknown command {argv[0]!r}", file=sys.stderr)
             return 2
         return 0
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from fuserank import logs
     try:
+        logs.configure_command(argv[0], argv[1:])  # LOG_LEVEL, LOG_FORMAT=plain|json, versions on every line
         COMMANDS[argv[0]](argv[1:])
     except FuseRankError as exc:
         print(f"fuserank {argv[0]}: error: {exc}", file=sys.stderr)

@@ -1,9 +1,41 @@
-"""Typed settings shared by the batch job and the API, so both score with exactly the same knobs."""
+"""Typed settings shared by every command, and the layers they come from.
+
+``HybridSettings`` holds the knobs of the two-stage hybrid, shared by the batch job, the evaluation and
+the API so all three score with exactly the same knobs (and the list version hashes them).
+
+Every `fuserank` command's settings are its flags (typed, validated, with defaults: the CLI parsers in
+fuserank.cli are the schema). A setting's value comes from the highest of these layers:
+
+    1. built-in default                  (shown by ``--help``)
+    2. params file                       ``--params FILE`` or ``$FUSERANK_PARAMS`` (never read implicitly
+                                         from the working directory): YAML or JSON, one section per command
+                                         as in params.yaml (``hybrid`` for the hybrid's knobs), keys = flags
+                                         without ``--``
+    3. environment                       ``FUSERANK_<SETTING>`` (``FUSERANK_TOP_N``, ``FUSERANK_WEIGHT_MODEL``;
+                                         ``REDIS_URL`` too, below ``FUSERANK_REDIS_URL``); empty = unset
+    4. command-line flag
+
+A value that does not parse fails at start naming the setting and the layer it came from. This module
+reads the layers (``params_path``, ``load_params``, ``env_value``); fuserank.cli applies them to its parsers.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, fields, replace
+from typing import Mapping
+
+from fuserank.errors import FuseRankError
+
+ENV_PREFIX = "FUSERANK_"
+PARAMS_ENV = "FUSERANK_PARAMS"
+PARAMS_FLAG = "--params"
+# Older environment names still honoured, below FUSERANK_<SETTING>.
+ENV_ALIASES = {"redis_url": ("REDIS_URL",)}
+# params.yaml sections that no `fuserank` command reads but that belong there (the nightly gate's margin).
+OTHER_SECTIONS = ("hybrid", "gate")
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -48,3 +80,79 @@ class HybridSettings:
     def from_dict(cls, data: dict) -> "HybridSettings":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# ------------------------------------------------------------------------------------------------
+# Layers: params file and environment
+# ------------------------------------------------------------------------------------------------
+class SettingsError(FuseRankError):
+    """A setting that cannot be used: names the setting and the layer it came from."""
+
+
+def env_names(dest: str) -> tuple[str, ...]:
+    """Environment variables of a setting, highest first: ``FUSERANK_TOP_N`` (+ aliases such as ``REDIS_URL``)."""
+    return (ENV_PREFIX + dest.upper(),) + ENV_ALIASES.get(dest, ())
+
+
+def env_value(dest: str, environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """``(value, variable name)`` of the first non-empty environment variable for ``dest``, else None."""
+    environ = os.environ if environ is None else environ
+    for name in env_names(dest):
+        value = environ.get(name)
+        if value not in (None, ""):
+            return value, name
+    return None
+
+
+def params_path(explicit: str | None, environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """``(path, where it was named)``: ``--params FILE``, else ``$FUSERANK_PARAMS``, else None (no file)."""
+    environ = os.environ if environ is None else environ
+    if explicit:
+        return explicit, PARAMS_FLAG
+    if environ.get(PARAMS_ENV):
+        return environ[PARAMS_ENV], PARAMS_ENV
+    return None
+
+
+def load_params(path: str, origin: str = PARAMS_FLAG, known_sections=None) -> dict:
+    """A params file (YAML, or JSON) -> ``{section: {key: value}}``; unknown sections fail naming them."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise SettingsError(f"params file {path} (from {origin}): cannot read it: {exc.strerror or exc}") from None
+    try:
+        if path.endswith(".json"):
+            doc = json.loads(text)
+        else:
+            try:
+                import yaml
+            except ImportError:      # the API image has no PyYAML: JSON is YAML too, for what we need
+                doc = json.loads(text)
+            else:
+                doc = yaml.safe_load(text)
+    except Exception as exc:  # noqa: BLE001 - any parse error, reported with the file
+        raise SettingsError(f"params file {path} (from {origin}): not valid YAML/JSON: {exc}") from None
+    doc = {} if doc is None else doc
+    if not isinstance(doc, dict):
+        raise SettingsError(f"params file {path}: expected a mapping of sections (ingest:, train:, hybrid:, ...), "
+                            f"got {type(doc).__name__}")
+    for section, body in doc.items():
+        if known_sections is not None and section not in known_sections:
+            raise SettingsError(f"params file {path}: unknown section {section!r} "
+                                f"(known: {', '.join(sorted(known_sections))})")
+        if body is not None and not isinstance(body, dict):
+            raise SettingsError(f"params file {path}: section {section!r} must be a mapping of settings, "
+                                f"got {type(body).__name__}")
+    return {section: dict(body or {}) for section, body in doc.items()}
+
+
+def parse_bool(text, where: str) -> bool:
+    if isinstance(text, bool):
+        return text
+    lowered = str(text).strip().lower()
+    if lowered in TRUE:
+        return True
+    if lowered in FALSE:
+        return False
+    raise SettingsError(f"{where}: expected true or false, got {text!r}")

@@ -3,7 +3,7 @@
 Importable functions return plain dicts/lists; ``format_*`` turn them into aligned plain-text tables;
 ``cmd_inspect`` is the argparse front end (human tables by default, ``--json`` for scripts).
 
-    inspect_user(r, user_id, version=None, names=None)   one user's stored top-N
+    inspect_user(r, user_id, version=None, names=None)   one user's stored top-N, with each item's reasons
     inspect_anime(r, anime_id, version=None, names=None) one anime's stored neighbours
     list_versions(r)                                     every list version: state, key counts, memory
     diff_user(r, user_id, against, version=None, names=None)  how a user's list changed between versions
@@ -117,6 +117,21 @@ def _items(pairs, names: dict | None) -> list[dict]:
             for i, (a, s) in enumerate(pairs, 1)]
 
 
+def _explained_items(stored: list[dict], names: dict | None) -> list[dict]:
+    """Rows of a stored user list; items stored with ``reasons`` keep them (``because`` named from
+    ``names`` when given, else by the names stored with them)."""
+    rows = _items([(int(it["anime_id"]), float(it["score"])) for it in stored], names)
+    for row, it in zip(rows, stored):
+        why = it.get("reasons")
+        if why is None:
+            continue
+        because = [{"anime_id": int(b["anime_id"]),
+                    "name": names.get(int(b["anime_id"]), b.get("name")) if names is not None else b.get("name")}
+                   for b in why.get("because", [])]
+        row["reasons"] = {"because": because, "similar_users": int(why.get("similar_users", 0))}
+    return rows
+
+
 def _header(r: redis.Redis, version: str) -> dict:
     meta = read_meta(r, version)
     return {"version": version, "current": version == current_version(r),
@@ -126,13 +141,15 @@ def _header(r: redis.Redis, version: str) -> dict:
 
 # -- the five looks ----------------------------------------------------------------------------------
 def inspect_user(r: redis.Redis, user_id: int, version: str | None = None, names: dict | None = None) -> dict:
-    """One user's stored list: items (rank, anime_id, name, score), list/model version, when written."""
+    """One user's stored list: items (rank, anime_id, name, score, and ``reasons`` -- ``because``: the
+    user's liked anime it is similar to, ``similar_users``: how many similar users rated it highly -- when
+    the list was stored with them), list/model version, when written."""
     version = resolve_version(r, version)
     raw = r.get(keys.user(version, user_id))
     if raw is None:
         raise InspectError(f"user {int(user_id)} has no stored list in list version {version} "
                            "(not in the model's users; the API answers such users live or with popular anime)")
-    return {"user_id": int(user_id), **_header(r, version), "items": _items(keys.decode_items(raw), names)}
+    return {"user_id": int(user_id), **_header(r, version), "items": _explained_items(keys.decode_list(raw), names)}
 
 
 def inspect_anime(r: redis.Redis, anime_id: int, version: str | None = None, names: dict | None = None) -> dict:
@@ -316,11 +333,27 @@ def _score(s):
     return None if s is None else f"{s:.4f}"
 
 
+def _because(reasons: dict | None) -> str:
+    if not reasons:
+        return "-"
+    named = [b.get("name") or str(b["anime_id"]) for b in reasons.get("because", [])]
+    return ", ".join(named) if named else "-"
+
+
 def _items_table(items: list[dict], with_names: bool, score_label: str = "score") -> str:
     headers = ["rank", "anime_id"] + (["name"] if with_names else []) + [score_label]
-    rows = [[it["rank"], it["anime_id"]] + ([it["name"] or "?"] if with_names else []) + [_score(it["score"])]
-            for it in items]
-    return format_table(headers, rows, right={0, 1, len(headers) - 1})
+    explained = any("reasons" in it for it in items)
+    if explained:
+        headers += ["similar_users", "because"]
+    rows = []
+    for it in items:
+        row = [it["rank"], it["anime_id"]] + ([it["name"] or "?"] if with_names else []) + [_score(it["score"])]
+        if explained:
+            why = it.get("reasons")
+            row += [why["similar_users"] if why else "-", _because(why)]
+        rows.append(row)
+    right = {0, 1, len(headers) - 1 - (2 if explained else 0)} | ({len(headers) - 2} if explained else set())
+    return format_table(headers, rows, right=right)
 
 
 def _version_line(d: dict) -> str:

@@ -1,13 +1,39 @@
-"""Publishing a list version: the pointer moves only after every list is written and counted."""
+"""Publishing a list version: the pointer moves only after every list is written and counted.
+
+    publish(r, version, written, expected)  the precompute's last step: Beam's counts and the keys really
+                                            in Redis must both match the model, then the pointer flips
+    publish_version(r, version)             `fuserank publish`: serve an already complete version again
+    rollback(r)                             `fuserank rollback`: swap current and previous
+    cleanup(r, keep=2)                      `fuserank cleanup` (and after every `fuserank precompute`):
+                                            remove published versions older than current and previous,
+                                            by SCAN + UNLINK in bounded batches (offline, never on a request)
+    remove_versions(r, [v])                 `fuserank cleanup --version V`: one named version (not served)
+    check_memory_policy(r)                  refuse to write into a Redis that may evict list keys
+
+A version being removed is first marked ``state: deleting`` (so it can no longer be published) in a
+WATCH/MULTI transaction that also checks it is neither current nor previous; every UNLINK batch re-checks
+that mark under WATCH, and ``_flip`` only points at a version whose meta says ``complete`` at the moment
+of the flip. So cleanup, publish and rollback can race without the pointer ever naming a version whose
+keys are going away.
+"""
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import redis
 
 from fuserank import keys
 from fuserank.errors import FuseRankError
+
+log = logging.getLogger("fuserank.publish")
+
+SCAN_COUNT = 1000        # keys per SCAN round trip (clean-up, publish verification)
+UNLINK_BATCH = 1000      # keys per UNLINK
+MIN_KEEP = 2             # current and previous are never removed
+SAFE_MEMORY_POLICY = "noeviction"
+DELETING = "deleting"
 
 
 class PublishError(FuseRankError):
@@ -30,26 +56,73 @@ def read_meta(r: redis.Redis, version: str) -> dict:
     return out
 
 
+def _decode(value) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _glob_escape(text: str) -> str:
+    """A version as a literal inside a SCAN MATCH pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _scan_version(r: redis.Redis, version: str, count: int = SCAN_COUNT):
+    return r.scan_iter(match=keys.version_pattern(_glob_escape(version)), count=count)
+
+
+def count_version_keys(r: redis.Redis, version: str, exclude_users: frozenset = frozenset()) -> tuple[dict, list]:
+    """``({"users": n, "anime": m}, [keys of excluded users])`` really present in Redis, by an offline SCAN."""
+    counts, excluded = {"users": 0, "anime": 0}, []
+    for key in _scan_version(r, version):
+        parsed = keys.parse_key(key)
+        if parsed is None or parsed["version"] != version or parsed["kind"] == "meta":
+            continue
+        if parsed["kind"] == "user" and parsed["id"] in exclude_users:
+            excluded.append(key)
+            continue
+        counts["users" if parsed["kind"] == "user" else "anime"] += 1
+    return counts, excluded
+
+
 def publish(r: redis.Redis, version: str, written: dict, expected: dict) -> str | None:
     """Check counts against the model's manifest, mark the version complete, then flip the pointer.
 
-    Returns the version that was current before. The flip is a WATCH/MULTI transaction, so two
-    publishers racing leave ``current`` on a complete version and ``previous`` on the one it replaced.
+    Two counts must match the model: the writes Beam confirmed (``written``) and the version's keys
+    actually present in Redis (one SCAN: nothing evicted, deleted by a clean-up or lost to a failover
+    since it was written). Lists of forgotten users left by an earlier, killed run of the same version are
+    deleted here. Returns the version that was current before. The flip is a WATCH/MULTI transaction, so
+    two publishers racing leave ``current`` on a complete version and ``previous`` on the one it replaced.
     """
     for kind, want in expected.items():
         got = written.get(kind, 0)
         if got != want:
             raise PublishError(f"list version {version}: wrote {got} {kind} lists, model has {want}; not published")
+    forgotten = frozenset(int(x) for x in r.smembers(keys.SUPPRESSED))
+    present, stale = count_version_keys(r, version, forgotten)
+    for start in range(0, len(stale), UNLINK_BATCH):
+        r.unlink(*stale[start:start + UNLINK_BATCH])
+    for kind, want in expected.items():
+        if present.get(kind, 0) != want:
+            raise PublishError(f"list version {version}: Redis holds {present.get(kind, 0)} {kind} lists after the "
+                               f"writes, model has {want} (evicted or deleted meanwhile?); not published")
     write_meta(r, version, {"state": "complete", "written": written, "published_at": time.time()})
     return _flip(r, version)
 
 
 def _flip(r: redis.Redis, version: str) -> str | None:
-    """Point ``current`` at ``version`` and ``previous`` at what it replaces, atomically (WATCH/MULTI)."""
+    """Point ``current`` at ``version`` and ``previous`` at what it replaces, atomically (WATCH/MULTI).
+
+    The version's meta is watched too: it must say ``complete`` when the transaction commits (a clean-up
+    marking it ``deleting`` in between makes the flip retry and then refuse).
+    """
     with r.pipeline() as pipe:
         while True:
             try:
-                pipe.watch(keys.CURRENT)
+                pipe.watch(keys.CURRENT, keys.meta(version))
+                state = _decode(pipe.hget(keys.meta(version), "state"))
+                if state != "complete":
+                    raise PublishError(f"list version {version!r} is "
+                                       f"{'not in Redis' if state is None else repr(state)}; "
+                                       "only a completely written version can be published")
                 old = pipe.get(keys.CURRENT)
                 pipe.multi()
                 if old is not None and old.decode() != version:
@@ -67,12 +140,13 @@ def current_version(r: redis.Redis) -> str | None:
     return v.decode() if v is not None else None
 
 
+def previous_version(r: redis.Redis) -> str | None:
+    v = r.get(keys.PREVIOUS)
+    return v.decode() if v is not None else None
+
+
 def publish_version(r: redis.Redis, version: str) -> str | None:
     """Serve an already written version again (`fuserank publish`): only a complete one."""
-    state = read_meta(r, version).get("state")
-    if state != "complete":
-        raise PublishError(f"list version {version!r} is {'not in Redis' if state is None else state!r}; "
-                           "only a completely written version can be published")
     return _flip(r, version)
 
 
@@ -84,3 +158,170 @@ def rollback(r: redis.Redis) -> tuple[str, str]:
         raise PublishError("nothing to roll back to: no previous list version is recorded")
     publish_version(r, previous.decode())
     return current, previous.decode()
+
+
+# ------------------------------------------------------------------------------------------------
+# Clean-up of old versions (offline: `fuserank cleanup`, and `fuserank precompute` after it published)
+# ------------------------------------------------------------------------------------------------
+def _mark_deleting(r: redis.Redis, version: str) -> bool:
+    """Mark ``version`` unpublishable unless it is current or previous (atomically); False if it is."""
+    with r.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(keys.CURRENT, keys.PREVIOUS, keys.meta(version))
+                if version in (_decode(pipe.get(keys.CURRENT)), _decode(pipe.get(keys.PREVIOUS))):
+                    pipe.unwatch()
+                    return False
+                pipe.multi()
+                pipe.hset(keys.meta(version), "state", DELETING)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                continue
+
+
+def _guarded(r: redis.Redis, version: str, command) -> bool:
+    """Run ``command(pipe)`` in MULTI only while ``version`` is still marked deleting and not served."""
+    with r.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(keys.CURRENT, keys.PREVIOUS, keys.meta(version))
+                state = _decode(pipe.hget(keys.meta(version), "state"))
+                served = (_decode(pipe.get(keys.CURRENT)), _decode(pipe.get(keys.PREVIOUS)))
+                if state != DELETING or version in served:
+                    pipe.unwatch()
+                    return False
+                pipe.multi()
+                command(pipe)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                continue
+
+
+def remove_version(r: redis.Redis, version: str, batch_size: int = UNLINK_BATCH,
+                   scan_count: int = SCAN_COUNT) -> int | None:
+    """Delete one version's keys by SCAN MATCH + UNLINK in batches, then its meta and its zset entry.
+
+    Returns the number of keys removed, or None when the version is (or became) current/previous or was
+    published again meanwhile (what was already unlinked is then reported by the next publish's count).
+    """
+    if not _mark_deleting(r, version):
+        return None
+    meta_key = keys.meta(version).encode()
+    removed, batch = 0, []
+
+    def flush() -> bool:
+        nonlocal removed, batch
+        chunk, batch = batch, []
+        if chunk and not _guarded(r, version, lambda pipe: pipe.unlink(*chunk)):
+            return False
+        removed += len(chunk)
+        return True
+
+    for key in _scan_version(r, version, scan_count):
+        if key == meta_key:
+            continue                       # the mark goes last: an interrupted clean-up resumes from it
+        batch.append(key)
+        if len(batch) >= batch_size and not flush():
+            return None
+    if not flush():
+        return None
+    if not _guarded(r, version, lambda pipe: pipe.unlink(meta_key).zrem(keys.VERSIONS, version)):
+        return None
+    return removed + 1
+
+
+def cleanup(r: redis.Redis, keep: int = MIN_KEEP, batch_size: int = UNLINK_BATCH, scan_count: int = SCAN_COUNT,
+            dry_run: bool = False) -> dict:
+    """Remove published list versions beyond the ``keep`` most recent (current and previous always stay).
+
+    Candidates are members of ``fuserank:versions`` (published versions, ranked by when they were last
+    made current) plus any version an interrupted clean-up left marked ``deleting``. Versions that were
+    never published (a precompute still running, or killed) are not in the set and are left alone.
+    """
+    if keep < MIN_KEEP:
+        raise PublishError(f"keep must be >= {MIN_KEEP} (current and previous are never removed), got {keep}")
+    if batch_size < 1 or scan_count < 1:
+        raise PublishError("batch_size and scan_count must be >= 1")
+    current, previous = current_version(r), previous_version(r)
+    published = [v.decode() for v in r.zrevrange(keys.VERSIONS, 0, -1)]     # most recently current first
+    states = {v: read_meta(r, v).get("state") for v in published}
+    kept = [v for v in (current, previous) if v is not None]
+    for v in published:
+        if len(kept) >= keep:
+            break
+        if v not in kept and states[v] != DELETING:
+            kept.append(v)
+    doomed = [v for v in published if v not in kept]
+    result = {"current": current, "previous": previous, "kept": kept, "removed": [], "dry_run": dry_run}
+    for v in doomed:
+        if dry_run:
+            result["removed"].append({"version": v, "keys": None})
+            continue
+        t0 = time.time()
+        n = remove_version(r, v, batch_size, scan_count)
+        if n is None:
+            log.warning("clean-up: list version %s became current/previous or was republished; kept", v)
+            result["kept"].append(v)
+            continue
+        log.info("clean-up: removed list version %s (%d keys, %.1fs)", v, n, time.time() - t0)
+        result["removed"].append({"version": v, "keys": n})
+    return result
+
+
+def remove_versions(r: redis.Redis, versions, batch_size: int = UNLINK_BATCH, scan_count: int = SCAN_COUNT,
+                    dry_run: bool = False) -> dict:
+    """`fuserank cleanup --version V`: remove named versions (e.g. the partial keys of a killed precompute).
+
+    Current and previous are refused. A version some precompute is still writing can be removed safely:
+    that precompute's publish then counts fewer keys than the model has and does not publish.
+    """
+    current, previous = current_version(r), previous_version(r)
+    served = [v for v in versions if v in (current, previous)]
+    if served:
+        raise PublishError(f"list version {', '.join(served)} is current or previous and is never removed "
+                           "(roll back or publish another version first)")
+    result = {"current": current, "previous": previous, "removed": [], "dry_run": dry_run}
+    for v in dict.fromkeys(versions):
+        if dry_run:
+            result["removed"].append({"version": v, "keys": None})
+            continue
+        n = remove_version(r, v, batch_size, scan_count)
+        if n is None:
+            raise PublishError(f"list version {v} was rewritten or became current/previous meanwhile; not removed")
+        result["removed"].append({"version": v, "keys": n})
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Redis memory policy: lists must never be evicted silently
+# ------------------------------------------------------------------------------------------------
+def check_memory_policy(r: redis.Redis, allow_eviction: bool = False,
+                        override: str = "continuing because --allow-eviction was given") -> dict:
+    """Read ``maxmemory`` / ``maxmemory-policy``; refuse a Redis that may evict keys unless allowed.
+
+    With ``maxmemory`` set, any policy but ``noeviction`` can drop list keys of the served version under
+    memory pressure (the API would then silently fall back to live answers, and a publish verification
+    that ran before would be stale). ``noeviction`` makes writes fail loudly instead, so a precompute that
+    does not fit fails before it publishes. Where CONFIG is not allowed (managed Redis that renames it)
+    the policy cannot be read: a warning, and the check passes.
+    """
+    try:
+        config = {_decode(k): _decode(v) for name in ("maxmemory-policy", "maxmemory")
+                  for k, v in r.config_get(name).items()}
+        policy, maxmemory = config.get("maxmemory-policy"), int(config.get("maxmemory") or 0)
+    except redis.ResponseError as exc:
+        log.warning("cannot read the Redis memory policy (CONFIG GET refused: %s); make sure the server runs "
+                    "with maxmemory-policy %s", exc, SAFE_MEMORY_POLICY)
+        return {"checked": False, "policy": None, "maxmemory": None, "evicts": None}
+    evicts = maxmemory > 0 and policy != SAFE_MEMORY_POLICY
+    result = {"checked": True, "policy": policy, "maxmemory": maxmemory, "evicts": evicts}
+    if evicts:
+        message = (f"Redis maxmemory-policy is {policy!r} with maxmemory {maxmemory} bytes: it can evict list keys "
+                   f"of the served version silently; run Redis with maxmemory-policy {SAFE_MEMORY_POLICY} "
+                   "(CONFIG SET maxmemory-policy noeviction)")
+        if not allow_eviction:
+            raise PublishError(message + ", or pass --allow-eviction to write anyway")
+        log.warning("!!! %s -- %s !!!", message, override)
+    return result

@@ -42,7 +42,7 @@ def test_precomputed_answer_has_the_contract_fields(client, model, published):
     assert body["model_version"] == published["model_version"]
     assert len(body["items"]) == 10
     for item in body["items"]:
-        assert set(item) == {"anime_id", "name", "score"}
+        assert {"anime_id", "name", "score"} <= set(item) <= {"anime_id", "name", "score", "reasons"}
         assert isinstance(item["name"], str) and item["name"]
     scores = [i["score"] for i in body["items"]]
     assert scores == sorted(scores, reverse=True)
@@ -223,3 +223,97 @@ def test_malformed_and_oversized_bodies(client):
     assert r.status_code == 400 and r.get_json()["error"]["parameter"] == "body"
     r = client.post("/v1/recommendations", data="x" * (70 * 1024), content_type="application/json")
     assert r.status_code == 413 and r.is_json
+
+
+# ------------------------------------------------------------------------------------------------
+# Filters, explanations, low-activity users
+# ------------------------------------------------------------------------------------------------
+def _anime_rows(model, ids):
+    enc = model.anime_index(ids)
+    return model.anime.iloc[enc]
+
+
+def test_exclude_filters_the_stored_list_when_it_still_holds_n(client, model):
+    uid = int(model.user_ids[4])
+    full = client.get(f"/v1/users/{uid}/recommendations?n=20").get_json()
+    dropped = [i["anime_id"] for i in full["items"][:3]]
+    body = client.get(f"/v1/users/{uid}/recommendations?n=10&exclude={','.join(map(str, dropped))},987654321"
+                      ).get_json()
+    assert body["source"] == "precomputed" and len(body["items"]) == 10
+    assert [i["anime_id"] for i in body["items"]] == [i["anime_id"] for i in full["items"][3:13]]
+    for query in ("", "&source=live", "&exclude=1"):
+        plain = client.get(f"/v1/users/{uid}/recommendations?n=10&explain=false{query}").get_json()
+        assert all(set(i) == {"anime_id", "name", "score"} for i in plain["items"])
+
+
+def test_genre_and_type_filters(client, model):
+    uid = int(model.user_ids[5])
+    for query, column, value in (("genre=comedy", "genres", "Comedy"), ("type=Movie", "type", "Movie"),
+                                 ("genre=Sci-Fi,Mecha&type=TV", "type", "TV")):
+        for source in ("", "&source=live"):
+            body = client.get(f"/v1/users/{uid}/recommendations?n=30&{query}{source}").get_json()
+            assert body["source"] in ("precomputed", "live") and len(body["items"]) == 30, body
+            rows = _anime_rows(model, [i["anime_id"] for i in body["items"]])
+            assert all(value in str(v) for v in rows[column]), (query, rows[column].tolist())
+            seen = set(model.anime_ids[model.lists[model.user_index(uid)[0]].indices].tolist())
+            assert not seen & {i["anime_id"] for i in body["items"]}
+    # a filter that leaves the 50-item stored list short is answered live, filtered the same way
+    movies = client.get(f"/v1/users/{uid}/recommendations?n=60&type=movie").get_json()
+    assert movies["source"] == "live" and set(_anime_rows(model, [i["anime_id"] for i in movies["items"]])["type"]) \
+        == {"Movie"}
+    similar = client.get(f"/v1/anime/{int(model.anime_ids[model.popularity[0]])}/similar?n=5&type=TV").get_json()
+    assert set(_anime_rows(model, [i["anime_id"] for i in similar["items"]])["type"]) == {"TV"}
+
+
+@pytest.mark.parametrize("query,parameter", [("genre=Cooking", "genre"), ("type=Podcast", "type"),
+                                             ("genre=", "genre"), ("type=TV,,Movie", "type"),
+                                             ("exclude=1,x", "exclude"), ("exclude=", "exclude"),
+                                             ("exclude=-3", "exclude"), ("explain=perhaps", "explain")])
+def test_bad_filters_are_400_naming_the_parameter(client, model, query, parameter):
+    r = client.get(f"/v1/users/{int(model.user_ids[0])}/recommendations?{query}")
+    assert r.status_code == 400 and r.get_json()["error"]["parameter"] == parameter
+    if query == "genre=Cooking":
+        assert "Action" in r.get_json()["error"]["message"]      # lists the valid values
+    if query == "type=Podcast":
+        assert "Movie" in r.get_json()["error"]["message"] and "TV" in r.get_json()["error"]["message"]
+
+
+def test_filters_on_new_users(client, model):
+    ratings = _user_ratings(model, 6)[:20]
+    body = client.post("/v1/recommendations?type=TV&explain=false", json={"ratings": ratings, "n": 8}).get_json()
+    assert body["source"] == "live" and len(body["items"]) == 8
+    assert set(_anime_rows(model, [i["anime_id"] for i in body["items"]])["type"]) == {"TV"}
+    assert all(set(i) == {"anime_id", "name", "score"} for i in body["items"])
+
+
+def test_user_below_the_activity_threshold_is_folded_in_from_their_ratings(client, model):
+    import pandas as pd
+    from tests.conftest import SAMPLE_2020
+    raw = pd.read_csv(SAMPLE_2020)
+    counts = raw[raw.rating > 0].groupby("user_id").size()
+    low = [int(u) for u in counts[counts < 20].index if model.user_index(u)[0] < 0]
+    assert low, "the sample has users below the ingest's threshold"
+    uid = max(low, key=lambda u: counts[u])
+    own = set(raw[raw.user_id == uid].anime_id.tolist())
+    body = client.get(f"/v1/users/{uid}/recommendations?n=15").get_json()
+    assert body["source"] == "live" and len(body["items"]) == 15
+    assert not own & {i["anime_id"] for i in body["items"]}
+    assert body != client.get(f"/v1/users/{max(raw.user_id) + 1}/recommendations?n=15").get_json()
+
+
+def test_routes_record_the_answer_source_for_metrics(trained_model, api_redis_url, published):
+    import flask
+    app = create_app(trained_model[0], api_redis_url)
+    seen = []
+    app.after_request(lambda r: seen.append((flask.g.get("answer_source"), flask.g.get("degraded"))) or r)
+    c = app.test_client()
+    uid = int(app.extensions["fuserank"].model.user_ids[0])
+    c.get(f"/v1/users/{uid}/recommendations")
+    c.get(f"/v1/users/{uid}/recommendations?source=live")
+    c.get("/v1/users/999999999/recommendations")
+    assert seen == [("precomputed", False), ("live", False), ("popular", False)]
+
+
+def test_405_lists_the_allowed_methods(client):
+    r = client.delete("/v1/recommendations")
+    assert r.status_code == 405 and r.is_json and "POST" in r.headers["Allow"]

@@ -22,14 +22,17 @@ def small_model(tmp_path):
     return random_artifact(tmp_path / "m", n_users=37, n_anime=25, adult=(2,))
 
 
-def expected_user_lists(model_dir, version):
+def expected_user_lists(model_dir, version, settings=SETTINGS):
+    """What the job must store, built the slow way: the scorer alone and keys.encode_list with its reasons."""
     model = ModelArtifact.load(model_dir)
-    ranked = HybridScorer(model, SETTINGS).score_users(np.arange(model.n_users))
+    scorer = HybridScorer(model, settings)
+    ranked = scorer.score_users(np.arange(model.n_users), explain=True)
     out = []
     for u in range(model.n_users):
         items, scores = ranked.row(u)
         names = model.anime["name"].to_numpy(object)[items]
-        out.append((keys.user(version, model.user_ids[u]), keys.encode_list(model.anime_ids[items], scores, names)))
+        out.append((keys.user(version, model.user_ids[u]),
+                    keys.encode_list(model.anime_ids[items], scores, names, reasons=scorer.reasons(ranked, u))))
     return out
 
 
@@ -85,3 +88,38 @@ def test_precompute_on_the_trained_sample_model(trained_model, redis_client, red
     assert len(items) == 50
     on_list = set(model.anime_ids[model.lists[0].indices].tolist())
     assert not on_list & {a for a, _ in items}
+
+
+def test_large_model_path_scores_cell_by_cell_and_writes_every_user_once(small_model, redis_client, redis_url,
+                                                                          monkeypatch):
+    """Above ANN_MIN_USERS the job scores users in the IVF index's cell order (explicit user blocks); with
+    every cell probed (a tiny index) that is exact search, so the lists equal the exact scorer's."""
+    import fuserank.batch.pipeline as pipeline
+    import fuserank.scorer as scorer_module
+    monkeypatch.setattr(scorer_module, "ANN_MIN_USERS", 10)
+    pipeline.load_scorer.cache_clear()
+    pipeline.load_encoder.cache_clear()
+    try:
+        scorer = pipeline.load_scorer(small_model, SETTINGS)
+        assert scorer.user_index is not None and scorer.user_index.n_probe == scorer.user_index.n_lists
+        order = scorer.user_order()
+        assert sorted(order.tolist()) == list(range(37)) and order.tolist() != list(range(37))
+        result = precompute(small_model, redis_url, SETTINGS, block_size=5)
+    finally:
+        pipeline.load_scorer.cache_clear()
+        pipeline.load_encoder.cache_clear()
+    monkeypatch.setattr(scorer_module, "ANN_MIN_USERS", 10 ** 9)
+    assert redis_client.dbsize() == 37 + 25 + 3
+    for key, value in expected_user_lists(small_model, result["version"]):
+        assert redis_client.get(key) == value
+
+
+def test_stored_user_lists_carry_reasons(small_model, redis_client, redis_url):
+    version = precompute(small_model, redis_url, SETTINGS)["version"]
+    model = ModelArtifact.load(small_model)
+    for u in range(model.n_users):
+        items = keys.decode_list(redis_client.get(keys.user(version, model.user_ids[u])))
+        assert items and all(set(it["reasons"]) == {"because", "similar_users"} for it in items)
+        assert all(len(it["reasons"]["because"]) <= 2 for it in items)
+    anime = keys.decode_list(redis_client.get(keys.anime(version, model.anime_ids[0])))
+    assert anime and all("reasons" not in it for it in anime)

@@ -14,9 +14,11 @@ def run(*args):
 @pytest.mark.parametrize("command,flags", [
     ("ingest", ["--ratings", "--anime", "--out", "--min-user-ratings"]),
     ("train", ["--data", "--out", "--epochs", "--embedding-dim", "--seed", "--objective"]),
-    ("precompute", ["--model", "--redis-url", "--top-n", "--neighbours"]),
+    ("precompute", ["--model", "--redis-url", "--top-n", "--neighbours", "--allow-eviction"]),
     ("serve", ["--redis-url", "--model", "--host", "--port"]),
     ("demo", ["--redis-url", "--no-serve"]),
+    ("publish", ["--redis-url", "--version", "--allow-eviction"]),
+    ("cleanup", ["--redis-url", "--keep", "--batch-size", "--scan-count", "--dry-run", "--version"]),
 ])
 def test_every_command_has_help_listing_its_flags(command, flags, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -41,6 +43,7 @@ def test_unknown_flag_fails_with_its_name(capsys):
     (["ingest", "--ratings", "r.csv", "--out", "o", "--min-user-ratings", "-3"], "--min-user-ratings"),
     (["precompute", "--model", "m", "--redis-url", "redis://x", "--top-n", "0"], "--top-n"),
     (["serve", "--model", "m", "--redis-url", "redis://x", "--port", "70000"], "--port"),
+    (["cleanup", "--redis-url", "redis://x", "--keep", "1"], "--keep"),
 ])
 def test_invalid_values_fail_naming_the_flag(argv, flag, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -24,8 +24,8 @@ from fuserank.publish import current_version, write_meta
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 EPOCHS = 2          # params.yaml keeps the production default; the test trains briefly
-# Flags that are paths the pipeline wires itself (dvc.yaml), not tunables.
-WIRED = {"ingest": {"--out"}, "train": {"--data", "--out"}, "precompute": {"--model", "--redis-url"},
+# Flags that are paths the pipeline wires itself (dvc.yaml) or the environment gives (REDIS_URL), not tunables.
+WIRED = {"ingest": {"--out", "--redis-url", "--suppressed-file"}, "train": {"--data", "--out"}, "precompute": {"--model", "--redis-url"},
          "evaluate": {"--model", "--data"}}
 # `fuserank evaluate` also runs the offline baseline comparison (not a pipeline stage): its flags are not
 # pipeline tunables.

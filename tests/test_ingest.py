@@ -209,6 +209,33 @@ def test_small_blocks_and_chunks_give_the_same_arrays(tmp_path):
     assert whole.user.dtype == np.int32 and whole.rating.dtype == np.int8
 
 
+@pytest.mark.parametrize("streams", [2, 3, 7])
+def test_parallel_byte_ranges_read_the_same_rows(tmp_path, monkeypatch, streams):
+    """Big local files are parsed by several threads over line-aligned byte ranges, joined in file order."""
+    monkeypatch.setattr(readers, "PARALLEL_MIN_BYTES", 0)
+    src = SAMPLE / "mal2020" / "rating_complete_head100k.csv"
+    ranges = readers._byte_ranges(src, open(src, "rb"), streams)
+    assert len(ranges) == streams and ranges[-1][1] == src.stat().st_size
+    one = readers.read_ratings(str(src), block_bytes=65536)
+    monkeypatch.setattr(readers, "usable_cpus", lambda: streams)
+    several = readers.read_ratings(str(src), block_bytes=65536)
+    for col in ("user", "anime", "rating"):
+        assert np.array_equal(getattr(one, col), getattr(several, col))
+    lines = src.read_text().splitlines()
+    lines[-3] = "5,6,77"
+    bad = write(tmp_path, "bad.csv", lines)
+    with pytest.raises(InputError) as info:
+        readers.read_ratings(str(bad), block_bytes=65536)
+    assert info.value.line == len(lines) - 2 and info.value.field == "rating"
+    lenient = ingest(str(bad), str(tmp_path / "lenient"), min_user_ratings=20, lenient=True, suppressed=[0, 3])
+    assert lenient["counts"]["skipped_rows"] == 1 and lenient["counts"]["suppressed_users"] == 2
+    whole = ingest(str(src), str(tmp_path / "a"), min_user_ratings=20, suppressed=[0, 3])
+    assert whole["counts"]["suppressed_rows"] == lenient["counts"]["suppressed_rows"] > 0
+    monkeypatch.setattr(readers, "PARALLEL_MIN_BYTES", 1 << 40)
+    single = ingest(str(src), str(tmp_path / "b"), min_user_ratings=20, suppressed=[0, 3])
+    assert single["content_hash"] == whole["content_hash"] and single["counts"] == whole["counts"]
+
+
 # ---------------------------------------------------------------- malformed input
 
 BAD_ROWS = [
@@ -418,3 +445,135 @@ def test_refuses_to_replace_a_foreign_directory(tmp_path):
     with pytest.raises(FuseRankError, match="refusing"):
         ingest(str(COMPLETE), str(foreign), min_user_ratings=3)
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+# ---------------------------------------------------------------- full-scale machinery on small data
+
+def test_slices_chunks_and_row_groups_do_not_change_the_output(tmp_path, monkeypatch):
+    """Tiny user slices, file-order chunks and row groups give the same tables, hash and row groups."""
+    from fuserank.training import ingest as ingest_module
+    src = str(SAMPLE / "mal2020" / "rating_complete_head100k.csv")
+    whole = ingest(src, str(tmp_path / "whole"), min_user_ratings=20, seed=3)
+    monkeypatch.setattr(ingest_module, "SLICE_ROWS", 257)
+    monkeypatch.setattr(ingest_module, "PACKED_CHUNK_ROWS", 1000)
+    monkeypatch.setattr(ingest_module, "ROW_GROUP_ROWS", 4096)
+    sliced = ingest(src, str(tmp_path / "sliced"), min_user_ratings=20, seed=3)
+    assert sliced["content_hash"] == whole["content_hash"]
+    a, b = load(tmp_path / "whole"), load(tmp_path / "sliced")
+    assert all(a[n].equals(b[n]) for n in TABLES)
+    train = pq.ParquetFile(tmp_path / "sliced" / "train.parquet").metadata
+    assert train.num_row_groups == -(-whole["counts"]["train"] // 4096)
+    assert {train.row_group(i).num_rows for i in range(train.num_row_groups - 1)} == {4096}
+
+
+def test_shuffled_rows_with_duplicates_across_chunks(tmp_path, monkeypatch):
+    """Row order does not matter except between duplicates: the file's last row wins, wherever it is."""
+    from fuserank.training import ingest as ingest_module
+    rng = np.random.default_rng(5)
+    users, anime = rng.integers(0, 40, 3000), rng.integers(1, 60, 3000)
+    ratings = rng.integers(0, 11, 3000)
+    lines = [f"{u},{a},{r}" for u, a, r in zip(users, anime, ratings)]
+    grouped = write(tmp_path, "grouped.csv", ["user_id,anime_id,rating"] + lines)
+    shuffled = write(tmp_path, "shuffled.csv", ["user_id,anime_id,rating"] + [lines[i] for i in rng.permutation(3000)])
+    monkeypatch.setattr(ingest_module, "PACKED_CHUNK_ROWS", 128)
+    monkeypatch.setattr(ingest_module, "SLICE_ROWS", 100)
+    for path in (grouped, shuffled):
+        m = ingest(str(path), str(tmp_path / path.stem), min_user_ratings=5)
+        raw = pd.read_csv(path)
+        last = raw.drop_duplicates(["user_id", "anime_id"], keep="last")
+        assert m["counts"]["duplicates_dropped"] == len(raw) - len(last) > 100
+        rated = last[last.rating >= 1]
+        n = rated.groupby("user_id").size()
+        want = rated[rated.user_id.isin(n[n >= 5].index)]
+        got = ratings_with_ids(tmp_path / path.stem)
+        assert sorted(zip(got.user_id, got.anime_id, got.raw_rating)) == sorted(
+            zip(want.user_id, want.anime_id, want.rating))
+
+
+# ---------------------------------------------------------------- suppression (fuserank forget)
+
+def _without_user(tmp_path, src: Path, user_id: int) -> Path:
+    lines = src.read_text().splitlines()
+    kept = [lines[0]] + [line for line in lines[1:] if line.split(",")[0] != str(user_id)]
+    return write(tmp_path, f"without_{user_id}.csv", kept)
+
+
+def _raw_ids_everywhere(out) -> set[int]:
+    t = load(out)
+    users = dict(zip(t["users"].user, t["users"].user_id))
+    return {users[u] for name in ("train", "val", "test", "unrated") for u in t[name].user} | set(users.values())
+
+
+def test_forgotten_user_is_absent_from_every_output(tmp_path, redis_client, redis_url):
+    """`fuserank forget` then `fuserank ingest --redis-url`: the user's rows never reach any output."""
+    from fuserank.cli import main
+    from fuserank.privacy import forget
+    src = SAMPLE / "mal2020" / "rating_complete_head100k.csv"
+    raw = pd.read_csv(src)
+    victim = int(raw.groupby("user_id").size().idxmax())
+    forget(redis_client, victim)
+    forget(redis_client, 987_654_321)  # forgotten, but not in this file
+    assert main(["ingest", "--ratings", str(src), "--out", str(tmp_path / "out"), "--min-user-ratings", "20",
+                 "--redis-url", redis_url]) == 0
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert victim not in _raw_ids_everywhere(tmp_path / "out")
+    assert m["counts"]["suppressed_users"] == 1
+    assert m["counts"]["suppressed_rows"] == int((raw.user_id == victim).sum())
+    assert m["suppression"] == {"sources": ["redis"], "ids_listed": 2}  # counts only, never the ids
+    # the same data as an ingest of a file that never held the user
+    clean = ingest(str(_without_user(tmp_path, src, victim)), str(tmp_path / "clean"), min_user_ratings=20)
+    assert clean["content_hash"] == m["content_hash"]
+
+
+def test_redis_url_defaults_to_the_environment(tmp_path, redis_client, redis_url, monkeypatch):
+    from fuserank.cli import main
+    redis_client.sadd("fuserank:suppressed", 10)
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    assert main(["ingest", "--ratings", str(COMPLETE), "--out", str(tmp_path / "out"), "--min-user-ratings", "3"]) == 0
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert m["counts"]["suppressed_users"] == 1 and 10 not in _raw_ids_everywhere(tmp_path / "out")
+    assert m["counts"]["users_kept"] == 2
+
+
+def test_unreachable_redis_fails_instead_of_ingesting_everyone(tmp_path):
+    from fuserank.redis_server import free_port
+    from fuserank.training.ingest import load_suppressed
+    with pytest.raises(FuseRankError, match="suppression list"):
+        load_suppressed(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+
+
+@pytest.mark.parametrize("user_id", [10, 3_000_000_000])
+def test_suppressed_file_and_lenient_reread(tmp_path, user_id):
+    """Ids from a file; the lenient re-read starts the suppression counts afresh; huge ids too."""
+    from fuserank.training.ingest import load_suppressed
+    lines = complete_lines()
+    lines = [lines[0]] + [f"{user_id},{line[3:]}" if line.startswith("10,") else line for line in lines[1:]]
+    src = write(tmp_path, "ratings.csv", lines)
+    dirty = write(tmp_path, "dirty.csv", lines[:5] + ["1,x,3"] + lines[5:])
+    ids_file = write(tmp_path, "forgotten.txt", ["# forgotten users", f"{user_id}", "", "424242  # not in the file"])
+    ids, sources = load_suppressed(path=str(ids_file))
+    assert ids == {user_id, 424242} and sources == ["file"]
+    m = ingest(str(dirty), str(tmp_path / "out"), min_user_ratings=3, lenient=True, suppressed=ids)
+    n_rows = sum(line.startswith(f"{user_id},") for line in lines)
+    c = m["counts"]
+    assert (c["suppressed_users"], c["suppressed_rows"], c["skipped_rows"]) == (1, n_rows, 1)
+    assert user_id not in _raw_ids_everywhere(tmp_path / "out")
+    clean = ingest(str(_without_user(tmp_path, src, user_id)), str(tmp_path / "clean"), min_user_ratings=3)
+    assert clean["content_hash"] == m["content_hash"]
+    bad = write(tmp_path, "bad_ids.txt", ["12", "abc"])
+    with pytest.raises(InputError) as info:
+        load_suppressed(path=str(bad))
+    assert info.value.line == 2
+
+
+@pytest.mark.parametrize("kind", ["random", "grouped", "constant"])
+def test_parallel_sort_equals_numpy_sort(monkeypatch, kind):
+    from fuserank.training import ingest as ingest_module
+    monkeypatch.setattr(ingest_module, "PARALLEL_SORT_MIN", 0)
+    monkeypatch.setattr(readers, "usable_cpus", lambda: 3)
+    rng = np.random.default_rng(2)
+    keys = {"random": rng.integers(0, 2**62, 100_001), "grouped": np.sort(rng.integers(0, 50, 100_001)) << 36 |
+            rng.integers(0, 2**20, 100_001), "constant": np.full(100_001, 7)}[kind].astype(np.int64)
+    want = np.sort(keys)
+    ingest_module._sort_in_place(keys)
+    assert np.array_equal(keys, want)

@@ -75,6 +75,26 @@ def test_user_is_what_precompute_stored(r, stored):
     assert len(old["items"]) == 10 and not old["current"]
 
 
+def test_user_items_carry_the_stored_reasons(r, stored):
+    d = inspect_user(r, 100)
+    stored_list = keys.decode_list(r.get(keys.user(stored["second"], 100)))
+    assert [it["reasons"] for it in d["items"]] == [it["reasons"] for it in stored_list]
+    assert all(set(it["reasons"]) == {"because", "similar_users"} for it in d["items"])
+    # names of the liked anime come from the stored value, or from the model when given
+    named = inspect_user(r, 100, names={a: f"Model name {a}" for a in range(1000, 1000 + N_ANIME)})
+    for it in named["items"]:
+        assert all(b["name"] == f"Model name {b['anime_id']}" for b in it["reasons"]["because"])
+
+
+def test_a_list_stored_without_reasons_shows_none(r):
+    write_meta(r, "plain-1", {"model_version": "m", "written_at": 0})
+    r.set(keys.user("plain-1", 5), keys.encode_list([10, 20], [0.9, 0.8], ["a", "b"]))
+    d = inspect_user(r, 5, version="plain-1")
+    assert all("reasons" not in it for it in d["items"])
+    from fuserank.inspect import format_user
+    assert "because" not in format_user(d, False)
+
+
 def test_anime_neighbours_are_what_precompute_stored(r, stored):
     names = dict(zip(stored["artifact"].anime["anime_id"], stored["artifact"].anime["name"]))
     d = inspect_anime(r, 1003, names=names)
@@ -157,12 +177,28 @@ def test_cli_user_table_without_and_with_model(r, stored, redis_url, capsys):
     assert stored["second"] in out.out and "(current)" in out.out
     assert "ids only" in out.err and "--model" in out.err
     first_id, first_score = stored_items(r, keys.user(stored["second"], 100))[0]
-    assert re.search(rf"^\s+1\s+{first_id}\s+{first_score:.4f}$", out.out, re.M)
+    assert re.search(rf"^\s+1\s+{first_id}\s+{first_score:.4f}\s+\d+\s+\S.*$", out.out, re.M)
+    assert re.search(r"^rank\s+anime_id\s+score\s+similar_users\s+because$", out.out, re.M)
 
     cmd_inspect(["user", "100", "--redis-url", redis_url, "--model", stored["model"]])
     out = capsys.readouterr()
-    assert re.search(rf"^\s+1\s+{first_id}\s+Anime {first_id - 1000}\s+{first_score:.4f}$", out.out, re.M)
+    assert re.search(rf"^\s+1\s+{first_id}\s+Anime {first_id - 1000}\s+{first_score:.4f}\s+\d+\s+\S.*$",
+                     out.out, re.M)
     assert out.err == ""
+
+
+def test_cli_user_shows_because_with_names(r, stored, redis_url, capsys):
+    stored_list = keys.decode_list(r.get(keys.user(stored["second"], 100)))
+    explained = next((i for i, it in enumerate(stored_list) if it["reasons"]["because"]), None)
+    assert explained is not None, "the fixture user has an item explained by a liked anime"
+    cmd_inspect(["user", "100", "--redis-url", redis_url, "--model", stored["model"]])
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line for line in lines if re.match(rf"^\s+{explained + 1}\s+{stored_list[explained]['anime_id']}\s", line))
+    because = stored_list[explained]["reasons"]["because"]
+    assert row.endswith(", ".join(f"Anime {b['anime_id'] - 1000}" for b in because))
+    cmd_inspect(["user", "100", "--redis-url", redis_url, "--json"])
+    d = json.loads(capsys.readouterr().out)
+    assert [it["reasons"] for it in d["items"]] == [it["reasons"] for it in stored_list]
 
 
 def test_cli_json_outputs_parse(r, stored, redis_url, capsys, monkeypatch):

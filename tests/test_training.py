@@ -81,3 +81,172 @@ def test_exported_cosine_points_towards_higher_predicted_ratings(trained_model, 
     val = load_split(sample_data, "val")
     cos = np.sum(model.user_emb[val.user] * model.anime_emb[val.anime], axis=1)
     assert np.corrcoef(cos, val.rating)[0, 1] > 0
+
+
+# --- the row-sparse trainer (SparseRatingTrainer) and its input pipeline ------------------------------------
+
+def _synthetic_split(n_users=300, n_anime=120, n=20_000, seed=0):
+    """Ratings with a learnable low-rank signal, as the ingest output's four columns."""
+    from fuserank.training.dataset import SplitArrays
+    rng = np.random.default_rng(seed)
+    user = rng.integers(0, n_users, n).astype(np.int32)
+    anime = (rng.zipf(1.3, n) % n_anime).astype(np.int32)
+    taste_u, taste_a = rng.normal(size=(n_users, 3)), rng.normal(size=(n_anime, 3))
+    score = 6 + rng.normal(0, 1, n_users)[user] + 1.5 * np.einsum("ij,ij->i", taste_u[user], taste_a[anime])
+    raw = np.clip(np.rint(score + rng.normal(0, 0.7, n)), 1, 10).astype(np.int8)
+    return SplitArrays(user, anime, ((raw - 1) / np.float32(9)).astype(np.float32), raw)
+
+
+def _take(split, idx):
+    from fuserank.training.dataset import SplitArrays
+    return SplitArrays(split.user[idx], split.anime[idx], split.rating[idx], split.raw_rating[idx])
+
+
+def test_packed_batches_round_trip_and_reshuffle_every_epoch():
+    from fuserank.training.dataset import RatingBatches
+    split = _synthetic_split(n=10_007)
+    ordered = RatingBatches(split, 1000, shuffle=False)
+    feats, target = ordered.unpacked(np.concatenate([b.numpy() for b in ordered]))
+    assert len(ordered) == 11
+    assert np.array_equal(feats["user"], split.user) and np.array_equal(feats["anime"], split.anime)
+    assert np.array_equal(target, split.rating)          # exact: the code table holds the scaled values
+
+    batches = RatingBatches(split, 1000, shuffle=True, seed=3)
+    epochs = [np.concatenate([b.numpy() for b in batches]) for _ in range(2)]
+    assert len(list(batches)) == len(batches)
+    original = np.sort(ordered.keys)
+    for keys in epochs:                                    # every row exactly once per epoch
+        assert np.array_equal(np.sort(keys), original)
+    assert not np.array_equal(epochs[0], epochs[1])        # a fresh order each epoch
+    again = RatingBatches(split, 1000, shuffle=True, seed=3)
+    assert np.array_equal(np.concatenate([b.numpy() for b in again]), epochs[0])   # seeded
+    first = next(iter(RatingBatches(split, 1000, shuffle=True, seed=3))).numpy()
+    assert len(np.unique(first >> np.uint64(32))) > 200      # a batch mixes users, not one user's rows
+    assert np.all(first[1:] >= first[:-1])                  # sorted (by user)
+
+
+def test_rating_codes_fall_back_when_the_rating_is_not_a_function_of_the_raw_one():
+    from fuserank.training.dataset import SplitArrays, rating_codes
+    rating = np.array([0.1, 0.5, 0.1, 0.9], np.float32)
+    code, table = rating_codes(rating, np.zeros(4, np.int8))
+    assert np.array_equal(table[code], rating)
+    with pytest.raises(ValueError, match="distinct rating values"):
+        rating_codes(np.linspace(0, 1, 300, dtype=np.float32), np.zeros(300, np.int8))
+    from fuserank.training.dataset import pack_ratings
+    with pytest.raises(ValueError, match="out of range"):
+        pack_ratings(SplitArrays(np.array([-1], np.int32), np.array([0], np.int32), np.ones(1, np.float32),
+                                 np.ones(1, np.int8)))
+
+
+def _trainer(optimizer, n_users=60, n_anime=40, dim=16, steps_per_epoch=10, **kw):
+    from fuserank.training.model import SparseRatingTrainer, WarmupExpDecay, build_rating_model
+    model = build_rating_model(n_users, n_anime, dim, seed=0)
+    return SparseRatingTrainer(model, WarmupExpDecay(steps_per_epoch), optimizer, **kw)
+
+
+def test_hand_written_backward_matches_keras_gradients():
+    import keras
+    import tensorflow as tf
+    trainer = _trainer("adagrad")
+    model = trainer.model
+    dense = next(layer for layer in model.layers if isinstance(layer, keras.layers.Dense))
+    dense.set_weights([np.array([[-1.7]], np.float32), np.array([0.2], np.float32)])   # a negative slope too
+    rng = np.random.default_rng(1)
+    user, anime = rng.integers(0, 60, 500).astype(np.int32), rng.integers(0, 40, 500).astype(np.int32)
+    y = rng.random(500).astype(np.float32)
+    emb_u, emb_a = (model.get_layer(n).embeddings for n in ("user_embedding", "anime_embedding"))
+    with tf.GradientTape() as tape:
+        pred = model({"user": user[:, None], "anime": anime[:, None]}, training=True)
+        loss = tf.reduce_mean(keras.losses.binary_crossentropy(y[:, None], pred))
+    grads = tape.gradient(loss, [emb_u.value, emb_a.value] + trainer.head)
+    u, a = tf.gather(emb_u.value, user), tf.gather(emb_a.value, anime)
+    mine_loss, _, _, _, grad_u, grad_a, head = trainer.forward_backward(u, a, tf.constant(y))
+    assert float(tf.reduce_mean(mine_loss)) == pytest.approx(float(loss), rel=1e-6)
+    for ids, g, ref, n in ((user, grad_u, grads[0], 60), (anime, grad_a, grads[1], 40)):
+        dense = tf.math.unsorted_segment_sum(g.of_mean_loss(), ids, n).numpy()
+        np.testing.assert_allclose(dense, tf.convert_to_tensor(ref).numpy(), atol=1e-6 * np.abs(dense).max())
+        per_example = g.of_mean_loss().numpy() * len(y)
+        sq = (per_example ** 2).mean(1)
+        np.testing.assert_allclose(g.sq.numpy(), sq, rtol=1e-4, atol=1e-6 * sq.max())
+    for mine, ref in zip(head[:1] + head[2:], grads[2:3] + grads[4:]):   # the bias's true gradient is 0
+        assert float(mine) == pytest.approx(float(np.ravel(ref)[0]), rel=1e-4)
+
+
+def test_adagrad_updates_only_the_batch_rows_as_row_wise_adagrad():
+    import tensorflow as tf
+    from fuserank.training.dataset import RatingBatches
+    from fuserank.training.model import ADAGRAD_EPSILON
+    split = _take(_synthetic_split(n_users=400, n_anime=100, n=1000), slice(None))
+    trainer = _trainer("adagrad", n_users=400, n_anime=100, steps_per_epoch=3, embedding_learning_rate=0.2)
+    batches = RatingBatches(split, 1000, shuffle=False)
+    keys = next(iter(batches))
+    w0 = [w.copy() for w in trainer.model.get_weights()[:2]]
+    u, a = tf.gather(w0[0], split.user), tf.gather(w0[1], split.anime)
+    with tf.GradientTape() as tape:     # reference: per-example gradients of the summed loss, by autodiff
+        tape.watch([u, a])
+        logits, _, _ = trainer._logits(u, a, trainer.head, training=True)
+        loss = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=split.rating, logits=logits))
+    per_example = [g.numpy().astype(np.float64) for g in tape.gradient(loss, [u, a])]
+    lr = 0.2 * float(trainer.schedule(0)) / trainer.schedule.peak
+    trainer.train_epoch([keys], batches.rating_table)
+    w1 = trainer.model.get_weights()[:2]
+    for w_before, w_after, ids, g, opt in zip(w0, w1, (split.user, split.anime), per_example,
+                                              (trainer.users, trainer.anime)):
+        acc, total = np.zeros(len(w_before)), np.zeros(w_before.shape)
+        np.add.at(acc, ids, (g ** 2).mean(1))
+        np.add.at(total, ids, g)
+        untouched = np.setdiff1d(np.arange(len(w_before)), ids)
+        assert len(untouched) > 0
+        assert np.array_equal(w_after[untouched], w_before[untouched])              # not one bit moved
+        assert not np.any(opt.accumulator.numpy()[untouched])
+        np.testing.assert_allclose(opt.accumulator.numpy(), acc, rtol=1e-4, atol=1e-6 * acc.max())
+        rows = np.unique(ids)
+        expected = w_before[rows] - lr * total[rows] / np.sqrt(acc[rows] + ADAGRAD_EPSILON)[:, None]
+        moved = np.abs(expected - w_before[rows]).max()
+        np.testing.assert_allclose(w_after[rows], expected, atol=0.01 * moved)
+        assert np.abs(w_after[rows] - w_before[rows]).max() > 0.5 * moved
+
+
+def test_lazy_adam_reproduces_keras_dense_adam():
+    import keras
+    from fuserank.training.dataset import RatingBatches
+    split = _synthetic_split(n_users=2000, n_anime=300, n=8000)
+    trainer = _trainer("lazy_adam", n_users=2000, n_anime=300, steps_per_epoch=8)
+    dense = keras.models.clone_model(trainer.model)
+    dense.set_weights(trainer.model.get_weights())
+    dense.compile(optimizer=keras.optimizers.Adam(trainer.schedule), loss="binary_crossentropy")
+    batches = RatingBatches(split, 1000, shuffle=False)    # most rows skip most steps: catch-up matters
+    for keys in batches:
+        dense.train_on_batch(*batches.unpacked(keys))
+    trainer.train_epoch(batches)
+    start = keras.models.clone_model(trainer.model).get_weights()  # fresh init, same seed -> the start
+    for name in ("user_embedding", "anime_embedding"):
+        mine, ref = trainer.model.get_layer(name).get_weights()[0], dense.get_layer(name).get_weights()[0]
+        moved = np.linalg.norm(ref - start[0 if name == "user_embedding" else 1])
+        assert np.linalg.norm(mine - ref) < 1e-3 * moved
+
+
+def test_sparse_optimisers_converge_like_dense_adam(tmp_path):
+    """On a small learnable case both sparse optimisers reach the dense Adam's validation loss; the
+    sparse path restores the best epoch's weights and writes its checkpoint, like model.fit's callbacks."""
+    from fuserank.training.train import fit
+    split = _synthetic_split(n_users=300, n_anime=120, n=24_000)
+    order = np.random.default_rng(0).permutation(len(split))
+    train_s, val_s = _take(split, order[:20_000]), _take(split, order[20_000:])
+    best = {}
+    for optimizer in ("adam", "lazy_adam", "adagrad"):
+        ckpt = tmp_path / f"{optimizer}.weights.h5"
+        result = fit(train_s, val_s, 300, 120, epochs=8, seed=0, optimizer=optimizer, checkpoint_path=str(ckpt))
+        history = result.history
+        assert set(history) >= {"loss", "mae", "mse", "val_loss", "val_mae", "val_mse", "learning_rate"}
+        assert len(history["learning_rate"]) == len(history["loss"])
+        assert ckpt.exists()
+        best[optimizer] = min(history["val_loss"])
+        restored = result.model.evaluate({"user": val_s.user, "anime": val_s.anime}, val_s.rating, verbose=0,
+                                         batch_size=1000, return_dict=True)
+        assert restored["loss"] == pytest.approx(best[optimizer], abs=2e-4)
+    baseline = float(np.mean(-(val_s.rating * np.log(train_s.rating.mean())
+                               + (1 - val_s.rating) * np.log(1 - train_s.rating.mean()))))
+    assert best["adam"] < baseline - 0.01                  # the case is learnable
+    assert best["lazy_adam"] == pytest.approx(best["adam"], abs=0.003)
+    assert best["adagrad"] <= best["adam"] + 0.003

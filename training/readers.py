@@ -1,7 +1,10 @@
 """Streaming readers for MyAnimeList ratings and anime metadata dumps.
 
 Ratings files hold 57M-109M rows, so the normal path is pyarrow's streaming CSV reader with
-explicit integer types, accumulating compact numpy arrays per block. Exact error locations are
+explicit integer types, handing each block's numpy arrays to a ``RatingSink`` (``read_ratings``
+keeps compact arrays; the ingest packs them into sort keys). A big local file is cut at line breaks
+into one byte range per CPU, parsed by as many threads, and the parts are joined in file order
+(pyarrow's streaming parser is single-threaded). Exact error locations are
 only needed when something is wrong, so they come from separate slow passes: a ``csv``-module
 diagnostic that raises at the first bad line (strict mode), or a vectorised line-by-line pass that
 skips and reports bad rows (lenient mode). Both apply the rules in ``fuserank.schemas.ingest``.
@@ -11,7 +14,9 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -27,6 +32,8 @@ from fuserank.schemas import ingest as S
 log = logging.getLogger("fuserank.ingest")
 
 BLOCK_BYTES = 4 << 20
+PARALLEL_MIN_BYTES = 64 << 20   # local files at least this big are parsed by several streams
+MAX_STREAMS = 4
 HEADER_LIMIT = 1 << 16
 MAX_EXAMPLES = 10
 MAX_LINE_BYTES = 1 << 20
@@ -119,16 +126,79 @@ def require_columns(path, header, required, expected):
 
 # ---------------------------------------------------------------- ratings
 
-def read_ratings(path, lenient=False, chunk_rows=2_000_000, block_bytes=BLOCK_BYTES,
-                 skipped: SkipReport | None = None) -> Ratings:
-    """Read a ratings file of any known layout into numpy arrays (file order kept)."""
+class RatingSink:
+    """Where ``scan_ratings`` delivers rows, block by block and in file order.
+
+    ``add`` gets int64 (or int32) user and anime ids and int8 ratings of one block (read-only arrays
+    the sink must copy what it keeps from); ``reset`` forgets everything, for the lenient re-read
+    after the fast path met a malformed row.
+    """
+
+    def add(self, user: np.ndarray, anime: np.ndarray, rating: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def parts(self, n: int) -> list["RatingSink"]:
+        """``n`` empty sinks of the same kind, one per byte range read in parallel."""
+        raise NotImplementedError
+
+    def join(self, parts: list["RatingSink"]) -> None:
+        """Take over what ``parts`` collected, in order (= file order)."""
+        raise NotImplementedError
+
+
+@dataclass
+class Scan:
+    layout: str
+    rows: int
+    seconds: float
+
+
+class _Progress:
+    """Counts rows and logs "N rows read (rate)" every ``every`` rows."""
+
+    def __init__(self, path, every):
+        self.path, self.every = path, max(1, int(every))
+        self.rows, self.next_log, self.min_rating = 0, self.every, S.RATING_MAX + 1
+        self.started = time.perf_counter()
+        self.lock = threading.Lock()
+
+    def add(self, rating):
+        low = int(rating.min()) if len(rating) else self.min_rating
+        with self.lock:
+            self.rows += len(rating)
+            self.min_rating = min(self.min_rating, low)
+            if self.rows >= self.next_log:
+                self.log()
+                self.next_log = (self.rows // self.every + 1) * self.every
+
+    def log(self):
+        elapsed = time.perf_counter() - self.started
+        log.info("%s: %d rows read (%.1fM rows/s)", self.path, self.rows, self.rows / max(elapsed, 1e-9) / 1e6)
+
+
+def scan_ratings(path, sink: RatingSink, lenient=False, block_bytes=BLOCK_BYTES, skipped: SkipReport | None = None,
+                 progress_rows=2_000_000, streams: int | None = None) -> Scan:
+    """Stream a ratings file of any known layout into ``sink`` (file order kept); logs progress.
+
+    A big local file is cut at line breaks into ``streams`` byte ranges (default: one per CPU, at
+    most MAX_STREAMS) parsed by as many threads (pyarrow's streaming parser is single-threaded);
+    each range fills its own part of the sink and the parts are joined in file order.
+    """
     started = time.perf_counter()
     skipped = skipped if skipped is not None else SkipReport()
+    progress = _Progress(path, progress_rows)
     with open_input(path) as stream:
         header = read_header(stream, path)
         require_columns(path, header, S.RATING_COLUMNS, "header with columns " + ", ".join(S.RATING_COLUMNS))
+        ranges = _byte_ranges(path, stream, streams)
         try:
-            arrays = _read_typed(stream, path, header, chunk_rows, block_bytes)
+            if len(ranges) > 1:
+                _read_typed_ranges(path, header, ranges, block_bytes, sink, progress)
+            else:
+                _read_typed(stream, path, header, block_bytes, sink, progress)
         except _FastPathFailed as exc:
             failure = str(exc)
         else:
@@ -138,41 +208,65 @@ def read_ratings(path, lenient=False, chunk_rows=2_000_000, block_bytes=BLOCK_BY
             diagnose_ratings(path, header)
             raise InputError(path, f"could not read the file: {failure}")
         log.warning("%s: malformed rows (%s); re-reading line by line to skip them", path, failure)
-        arrays = _read_lenient(path, header, chunk_rows, block_bytes, skipped)
-    user, anime, rating = arrays
-    saw_minus_one = bool(len(rating)) and int(rating.min()) == -1
-    return Ratings(user, anime, rating, S.rating_layout_name(header, saw_minus_one),
-                   time.perf_counter() - started)
+        sink.reset()
+        progress = _Progress(path, progress_rows)
+        _read_lenient(path, header, block_bytes, skipped, sink, progress)
+    if progress.rows % progress.every:
+        progress.log()
+    saw_minus_one = progress.min_rating == -1
+    return Scan(S.rating_layout_name(header, saw_minus_one), progress.rows, time.perf_counter() - started)
 
 
-class _Accumulator:
-    """Collects per-block arrays, consolidating every ``chunk_rows`` rows and logging progress."""
+def read_ratings(path, lenient=False, chunk_rows=2_000_000, block_bytes=BLOCK_BYTES,
+                 skipped: SkipReport | None = None) -> Ratings:
+    """Read a ratings file of any known layout into numpy arrays (file order kept)."""
+    sink = _ArraySink(chunk_rows)
+    scan = scan_ratings(path, sink, lenient=lenient, block_bytes=block_bytes, skipped=skipped,
+                        progress_rows=chunk_rows)
+    user, anime, rating = sink.finish()
+    return Ratings(user, anime, rating, scan.layout, scan.seconds)
 
-    def __init__(self, path, chunk_rows):
-        self.path, self.chunk_rows = path, max(1, int(chunk_rows))
-        self.chunks, self.pending, self.pending_rows, self.rows = [], [], 0, 0
-        self.started = time.perf_counter()
+
+class _ArraySink(RatingSink):
+    """Compact per-block arrays, consolidated every ``chunk_rows`` rows; one array per column at the end."""
+
+    def __init__(self, chunk_rows):
+        self.chunk_rows = max(1, int(chunk_rows))
+        self.reset()
+
+    def reset(self):
+        self.columns, self.pending, self.pending_rows = ([], [], []), [], 0
 
     def add(self, user, anime, rating):
-        self.pending.append((_compact_ids(user), _compact_ids(anime), rating.astype(np.int8, copy=False)))
+        self.pending.append((_compact_ids(user), _compact_ids(anime), rating.astype(np.int8)))
         self.pending_rows += len(rating)
         if self.pending_rows >= self.chunk_rows:
             self._flush()
 
     def _flush(self):
-        if not self.pending:
-            return
-        self.chunks.append(tuple(np.concatenate(cols) for cols in zip(*self.pending)))
-        self.rows += self.pending_rows
+        if self.pending:
+            for column, parts in zip(self.columns, zip(*self.pending)):
+                column.append(np.concatenate(parts))
         self.pending, self.pending_rows = [], 0
-        elapsed = time.perf_counter() - self.started
-        log.info("%s: %d rows read (%.1fM rows/s)", self.path, self.rows, self.rows / max(elapsed, 1e-9) / 1e6)
+
+    def parts(self, n):
+        return [_ArraySink(self.chunk_rows) for _ in range(n)]
+
+    def join(self, parts):
+        self._flush()
+        for part in parts:
+            part._flush()
+            for column, more in zip(self.columns, part.columns):
+                column.extend(more)
 
     def finish(self):
+        """Concatenate column by column, dropping each column's chunks as it goes (peak: data + one column)."""
         self._flush()
-        if not self.chunks:
-            return np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.int8)
-        return tuple(np.concatenate(cols) for cols in zip(*self.chunks))
+        out = []
+        for column, empty in zip(self.columns, (np.int32, np.int32, np.int8)):
+            out.append(np.concatenate(column) if column else np.empty(0, empty))
+            column.clear()
+        return tuple(out)
 
 
 def _compact_ids(ids: np.ndarray) -> np.ndarray:
@@ -182,25 +276,104 @@ def _compact_ids(ids: np.ndarray) -> np.ndarray:
     return ids.astype(np.int32)
 
 
-def _read_typed(stream, path, header, chunk_rows, block_bytes):
+def _read_typed(stream, path, header, block_bytes, sink: RatingSink, progress: _Progress, part_of_file=False):
     read_options = pacsv.ReadOptions(column_names=header, block_size=block_bytes, use_threads=True)
     convert_options = pacsv.ConvertOptions(
         column_types={S.USER_COL: pa.int64(), S.ANIME_COL: pa.int64(), S.RATING_COL: pa.int8()},
         include_columns=list(S.RATING_COLUMNS),
     )
-    acc = _Accumulator(path, chunk_rows)
     try:
         for batch in pacsv.open_csv(stream, read_options=read_options, convert_options=convert_options):
-            acc.add(*_checked_batch(batch))
+            arrays = _checked_batch(batch)
+            sink.add(*arrays)
+            progress.add(arrays[2])
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        if not _is_empty_body(exc, acc):
+        empty = str(exc).startswith("Empty CSV file")
+        if not (empty and (part_of_file or _is_empty_body(exc, progress))):
             raise _FastPathFailed(str(exc)) from None
-    return acc.finish()
 
 
-def _is_empty_body(exc, acc) -> bool:
+def _byte_ranges(path, stream, streams) -> list[tuple[int, int]]:
+    """[(start, end)] of the data rows; several ranges, each ending at a line break, for big local files."""
+    if storage.is_gcs(path):
+        return [(0, 0)]
+    start = stream.tell()
+    size = os.fstat(stream.fileno()).st_size
+    streams = min(MAX_STREAMS, usable_cpus()) if streams is None else max(1, int(streams))
+    streams = min(streams, max(1, (size - start) // max(PARALLEL_MIN_BYTES // 2, 1)))
+    if streams < 2 or size - start < PARALLEL_MIN_BYTES:
+        return [(start, size)]
+    cuts = [start]
+    with open(os.fspath(path), "rb") as probe:
+        for i in range(1, streams):
+            probe.seek(max(start + (size - start) * i // streams, cuts[-1]))
+            probe.readline()
+            cuts.append(min(probe.tell(), size))
+    cuts.append(size)
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a] or [(start, size)]
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. under taskset or a CPU-pinned container)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class _RangeFile(io.RawIOBase):
+    """Bytes ``start:end`` of a local file, as a stream."""
+
+    def __init__(self, path, start, end):
+        super().__init__()
+        self.file = open(os.fspath(path), "rb", buffering=0)
+        self.file.seek(start)
+        self.left = end - start
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        n = min(len(buffer), self.left)
+        if n <= 0:
+            return 0
+        got = self.file.readinto(memoryview(buffer)[:n])
+        self.left -= got
+        return got
+
+    def close(self):
+        self.file.close()
+        super().close()
+
+
+def _read_typed_ranges(path, header, ranges, block_bytes, sink: RatingSink, progress: _Progress):
+    parts = sink.parts(len(ranges))
+    failures = [None] * len(ranges)
+
+    def read(i, start, end):
+        try:
+            with _RangeFile(path, start, end) as stream:
+                _read_typed(stream, path, header, block_bytes, parts[i], progress, part_of_file=True)
+        except _FastPathFailed as exc:
+            failures[i] = exc
+        except BaseException as exc:  # re-raised below, in the caller's thread
+            failures[i] = exc
+
+    threads = [threading.Thread(target=read, args=(i, a, b), name=f"ratings-range-{i}", daemon=True)
+               for i, (a, b) in enumerate(ranges)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    failure = next((f for f in failures if f is not None), None)
+    if failure is not None:
+        raise failure
+    sink.join(parts)
+
+
+def _is_empty_body(exc, progress) -> bool:
     """pyarrow refuses a header-only file; for us that is simply zero rows."""
-    return str(exc).startswith("Empty CSV file") and acc.rows == 0 and not acc.pending
+    return str(exc).startswith("Empty CSV file") and progress.rows == 0
 
 
 def _checked_batch(batch):
@@ -292,9 +465,8 @@ _REASONS = ("", "wrong number of fields", "not valid UTF-8", "missing value", "n
 _WRONG_COUNT, _NOT_UTF8, _MISSING, _NOT_INT, _NEGATIVE, _RANGE = range(1, 7)
 
 
-def _read_lenient(path, header, chunk_rows, block_bytes, skipped: SkipReport):
+def _read_lenient(path, header, block_bytes, skipped: SkipReport, sink: RatingSink, progress: _Progress):
     """Vectorised pass over physical lines that keeps valid rows and reports the others."""
-    acc = _Accumulator(path, chunk_rows)
     line = 2
     with open_input(path) as stream:
         read_header(stream, path)
@@ -304,14 +476,14 @@ def _read_lenient(path, header, chunk_rows, block_bytes, skipped: SkipReport):
             data = carry + block
             final = not block
             consumed, n_lines, arrays = _parse_lines(path, data, final, line, header, skipped)
-            acc.add(*arrays)
+            sink.add(*arrays)
+            progress.add(arrays[2])
             line += n_lines
             carry = data[consumed:]
             if len(carry) > MAX_LINE_BYTES:
                 raise InputError(path, "line longer than 1 MiB", line=line, expected="a short CSV row")
             if final:
                 break
-    return acc.finish()
 
 
 def _line_ends(buf: np.ndarray, final: bool) -> np.ndarray:

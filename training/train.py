@@ -14,8 +14,8 @@ import tensorflow as tf
 
 from fuserank.training import dataset
 from fuserank.training.export import export_artifact
-from fuserank.training.model import (WarmupExpDecay, batch_size_for, build_ranking_model, build_rating_model,
-                                     steps_per_epoch)
+from fuserank.training.model import (ADAGRAD_LR, SparseRatingTrainer, WarmupExpDecay, batch_size_for,
+                                     build_ranking_model, build_rating_model, steps_per_epoch)
 from fuserank.training.plots import plot_history
 from fuserank.training.tracking import NullExperiment, start_experiment
 
@@ -25,6 +25,8 @@ DEFAULT_EPOCHS = {"rating": 20, "ranking": 150}
 DEFAULT_PATIENCE = {"rating": 3, "ranking": 10}
 RANKING_MAX_BATCH_USERS = 1024
 RANKING_MIN_STEPS = 16
+OPTIMIZERS = ("adagrad", "lazy_adam", "adam")
+DEFAULT_OPTIMIZER = {"rating": "adagrad", "ranking": "adam"}
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -141,21 +143,35 @@ def fit(train_s: dataset.SplitArrays, val_s: dataset.SplitArrays | None, n_users
         objective: str = "rating", embedding_dim: int = 128, seed: int = 0, epochs: int = 20,
         batch_size: int = 10_000, patience: int = 3, checkpoint_path: str | None = None, experiment=None,
         temperature: float = 0.15, positive_weight: float = 2.0, like_threshold: int = 8,
-        low_weight: float = 1.0, low_threshold: int = 0) -> FitResult:
+        low_weight: float = 1.0, low_threshold: int = 0, optimizer: str | None = None) -> FitResult:
     """Train one model on in-memory splits (used by `train` and by the offline evaluation).
 
     ``rating``: the seed's per-rating regression, batches of ratings. ``ranking``: softmax over all
     anime, batches of users (``batch_size`` then bounds users per batch, shrunk to give >= 16 steps).
+
+    ``optimizer`` (rating): ``adagrad`` (default) or ``lazy_adam`` train with `SparseRatingTrainer`, which
+    updates only the embedding rows each batch touches (row-wise Adagrad, or Adam made equal to the dense
+    one), fed packed batches from memory (`dataset.RatingBatches`); ``adam`` is Keras' Adam through
+    ``model.fit`` (every embedding row and moment slot rewritten every step). The ranking objective
+    always uses ``adam``: its softmax touches every anime every step anyway.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"--objective must be one of {OBJECTIVES}, got {objective!r}")
+    optimizer = optimizer or DEFAULT_OPTIMIZER[objective]
+    if optimizer not in OPTIMIZERS or (objective == "ranking" and optimizer != "adam"):
+        raise ValueError(f"--optimizer must be one of {OPTIMIZERS} (ranking: adam), got {optimizer!r}")
     keras.utils.set_random_seed(seed)
     experiment = experiment or NullExperiment()
     if objective == "rating":
         bs = batch_size_for(len(train_s), batch_size)
         spe = steps_per_epoch(len(train_s), bs)
-        train_ds = dataset.to_dataset(_inputs(train_s), bs, shuffle=True, seed=seed)
-        val_ds = dataset.to_dataset(_inputs(val_s), bs, shuffle=False) if val_s is not None else None
+        if optimizer == "adam":
+            train_ds = dataset.to_dataset(_inputs(train_s), bs, shuffle=True, seed=seed)
+            val_ds = dataset.to_dataset(_inputs(val_s), bs, shuffle=False) if val_s is not None else None
+        else:
+            train_ds = dataset.RatingBatches(train_s, bs, shuffle=True, seed=seed)
+            spe = len(train_ds)
+            val_ds = dataset.RatingBatches(val_s, bs, shuffle=False) if val_s is not None else None
     else:
         active = int(np.count_nonzero(np.bincount(train_s.user, minlength=n_users)))
         bs = int(max(8, min(batch_size, RANKING_MAX_BATCH_USERS, active // RANKING_MIN_STEPS)))
@@ -166,38 +182,76 @@ def fit(train_s: dataset.SplitArrays, val_s: dataset.SplitArrays | None, n_users
         val_ds = (user_batches(val_s, n_users, n_anime, bs, False, seed, known=[train_s], **options)
                   if val_s is not None else None)
     schedule = WarmupExpDecay(spe)
-    optimizer = keras.optimizers.Adam(learning_rate=schedule)
     if objective == "rating":
         model = build_rating_model(n_users, n_anime, embedding_dim, seed)
-        model.compile(optimizer=optimizer, loss="binary_crossentropy", metrics=["mae", "mse"])
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule), loss="binary_crossentropy",
+                      metrics=["mae", "mse"])
     else:
         model = build_ranking_model(n_users, n_anime, embedding_dim, seed, temperature)
-        model.compile(optimizer=optimizer, loss=multinomial_loss)
-    params = {"objective": objective, "epochs": epochs, "embedding_dim": embedding_dim, "seed": seed,
-              "batch_size": bs, "steps_per_epoch": spe, "lr_scale": schedule.scale, "patience": patience,
-              "n_users": n_users, "n_anime": n_anime, "n_train": len(train_s)}
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule), loss=multinomial_loss)
+    params = {"objective": objective, "optimizer": optimizer, "epochs": epochs, "embedding_dim": embedding_dim,
+              "seed": seed, "batch_size": bs, "steps_per_epoch": spe, "lr_scale": schedule.scale,
+              "patience": patience, "n_users": n_users, "n_anime": n_anime, "n_train": len(train_s)}
     if objective == "ranking":
         params.update(temperature=temperature, positive_weight=positive_weight, like_threshold=like_threshold)
+    if optimizer == "adagrad":
+        params["embedding_learning_rate"] = ADAGRAD_LR
     log.info("training %s", params)
     experiment.log_parameters(params)
 
     epoch_log = EpochLog(schedule, epochs, experiment)
-    callbacks = [epoch_log]
-    if val_ds is not None:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
-                                                       restore_best_weights=True))
-    if checkpoint_path and val_ds is not None:
-        callbacks.append(keras.callbacks.ModelCheckpoint(checkpoint_path, monitor="val_loss", save_best_only=True,
-                                                         save_weights_only=True))
-    history = model.fit(train_ds, epochs=epochs, validation_data=val_ds, callbacks=callbacks, verbose=0).history
+    if optimizer != "adam":
+        trainer = SparseRatingTrainer(model, schedule, optimizer)
+        history = _fit_sparse(trainer, train_ds, val_ds, epochs, patience, checkpoint_path, epoch_log)
+    else:
+        callbacks = [epoch_log]
+        if val_ds is not None:
+            callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
+                                                           restore_best_weights=True))
+        if checkpoint_path and val_ds is not None:
+            callbacks.append(keras.callbacks.ModelCheckpoint(checkpoint_path, monitor="val_loss",
+                                                             save_best_only=True, save_weights_only=True))
+        history = model.fit(train_ds, epochs=epochs, validation_data=val_ds, callbacks=callbacks, verbose=0).history
     history = {k: [float(x) for x in v] for k, v in history.items()}
     history["learning_rate"] = epoch_log.learning_rates
     return FitResult(model, history, params, schedule)
 
 
+def _fit_sparse(trainer: SparseRatingTrainer, train_b: dataset.RatingBatches, val_b: dataset.RatingBatches | None,
+                epochs: int, patience: int, checkpoint_path: str | None, epoch_log: EpochLog) -> dict:
+    """`model.fit`'s epoch loop with EarlyStopping(restore_best_weights=True) and a best-only weights
+    checkpoint, around `SparseRatingTrainer` (the same history keys and the same stopping rule)."""
+    model = trainer.model
+    history: dict[str, list] = {}
+    best, best_weights, wait = np.inf, None, 0
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        logs = trainer.train_epoch(train_b)
+        log.debug("epoch %d: %.0f examples/s", epoch + 1, len(train_b.keys) / (time.perf_counter() - t0))
+        if val_b is not None:
+            logs.update({f"val_{k}": v for k, v in trainer.evaluate(val_b).items()})
+        for k, v in logs.items():
+            history.setdefault(k, []).append(v)
+        epoch_log.on_epoch_end(epoch, logs)
+        if val_b is None:
+            continue
+        if logs["val_loss"] < best:
+            best, wait = logs["val_loss"], 0
+            best_weights = model.get_weights()
+            if checkpoint_path:
+                model.save_weights(checkpoint_path)
+        else:
+            wait += 1
+            if wait >= patience:
+                break
+    if best_weights is not None:
+        model.set_weights(best_weights)
+    return history
+
+
 def train(data: str, out: str, epochs: int | None = None, embedding_dim: int = 128, seed: int = 0,
           objective: str = "rating", batch_size: int = 10_000, patience: int | None = None,
-          **objective_options) -> dict:
+          optimizer: str | None = None, **objective_options) -> dict:
     """`fuserank train`: fit on the ingest output, evaluate on its test split, export the artifact."""
     if objective not in OBJECTIVES:
         raise ValueError(f"--objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -214,14 +268,16 @@ def train(data: str, out: str, epochs: int | None = None, embedding_dim: int = 1
         os.makedirs(os.path.join(tmp, "checkpoint"))
         t0 = time.time()
         result = fit(train_s, val_s, n_users, n_anime, objective, embedding_dim, seed, epochs, batch_size,
-                     patience, os.path.join(tmp, "checkpoint", "best.weights.h5"), experiment, **objective_options)
+                     patience, os.path.join(tmp, "checkpoint", "best.weights.h5"), experiment, optimizer=optimizer,
+                     **objective_options)
         history, bs = result.history, result.params["batch_size"]
-        if objective == "rating":
-            test_ds = dataset.to_dataset(_inputs(test_s), bs, shuffle=False)
+        if objective == "rating":  # Keras' own evaluation of the exported weights, from the arrays
+            features, target = _inputs(test_s)
+            test = result.model.evaluate(features, target, batch_size=bs, verbose=0, return_dict=True)
         else:
             test_ds = user_batches(test_s, n_users, n_anime, bs, False, seed, known=[train_s, val_s],
                                    **{k: result.params[k] for k in ("positive_weight", "like_threshold")})
-        test = result.model.evaluate(test_ds, verbose=0, return_dict=True)
+            test = result.model.evaluate(test_ds, verbose=0, return_dict=True)
         metrics = {f"test_{k}": float(v) for k, v in test.items()}
         metrics.update(best_val_loss=float(min(history["val_loss"])),
                        best_epoch=int(np.argmin(history["val_loss"]) + 1), epochs_run=len(history["loss"]),
