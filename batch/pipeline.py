@@ -23,7 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 import redis
 
-from fuserank import keys
+from fuserank import keys, logs
 from fuserank.privacy import suppressed
 from fuserank.publish import PublishError, current_version
 from fuserank.artifacts import ModelArtifact
@@ -194,6 +194,7 @@ def precompute(model_dir: str, redis_url: str, settings: HybridSettings | None =
         client.close()
     p = beam.Pipeline(runner=runner, options=options)
     version, _ = build(p, model_dir, redis_url, settings, model, block_size, skip, scorer.user_order())
+    logs.bind(model_version=model.version, list_version=version)
     log.info("precompute list version %s: %d users, %d anime", version, model.n_users, model.n_anime)
     p.run().wait_until_finish()
     seconds = time.time() - t0
