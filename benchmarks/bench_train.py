@@ -15,9 +15,10 @@ Steps (each timed; figures printed and written to ``benchmarks/results/train.jso
    uint64 rows, one full seeded shuffle); beside it, the alternative that was not chosen: streaming the
    file as pyarrow record batches (``iter_batches``) and packing each, which cannot shuffle a file that
    is grouped by user;
-3. **(a) production pipeline**: ``SparseRatingTrainer.train_epoch`` (lazy Adam with catch-up) over one
-   full epoch of ``RatingBatches`` (per-epoch chunk permutation, batch assembly, host -> tensor, the
-   end-of-epoch flush), after a short warm-up that traces the step;
+3. **(a) production pipeline**: ``SparseRatingTrainer.train_epoch`` with the default optimiser (row-wise
+   Adagrad on the touched rows) over one full epoch of ``RatingBatches`` (per-epoch chunk permutation,
+   batch assembly and sort, host -> tensor in the prefetch thread), after a short warm-up that traces
+   the step;
 4. **(b) in-memory tensors**: the same trainer over the same number of batches already held as
    ``tf.Tensor`` (made before the clock starts): the step alone; (a) / (b) is the input pipeline's share;
 5. **(c) dense baseline**: the same model compiled with Keras' Adam (``fuserank train --optimizer adam``)
@@ -262,8 +263,8 @@ def main(argv=None) -> dict:
     shares = result["pipeline_share_paired"]
     shares["input_pipeline_share"] = round(1 - shares["a_production"]["examples_per_s"]
                                            / shares["b_in_memory"]["examples_per_s"], 3)
-    log(f"paired (a) vs (b), {args.paired_rounds} x {block} steps each: (a) "
-        f"{shares['a_production']['examples_per_s'] / 1e6:.2f} vs (b) {shares['b_in_memory']['examples_per_s'] / 1e6:.2f}"
+    a_rate, b_rate = (shares[k]["examples_per_s"] / 1e6 for k in ("a_production", "b_in_memory"))
+    log(f"paired (a) vs (b), {args.paired_rounds} x {block} steps each: (a) {a_rate:.2f} vs (b) {b_rate:.2f}"
         f" M examples/s: input pipeline share {shares['input_pipeline_share']:.1%}")
 
     # 5. (c) dense Keras Adam, interleaved with the sparse step (and lazy Adam, for information) ----------------

@@ -319,7 +319,7 @@ def _check_memory_policy_before_writing(redis_url: str, allow_eviction: bool) ->
     client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=10)
     try:
         check_memory_policy(client, allow_eviction)
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except redis.RedisError as exc:
         log.warning("cannot check Redis's memory policy now (%s)", exc)
     finally:
         client.close()

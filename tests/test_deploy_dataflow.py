@@ -39,6 +39,9 @@ def documented_command(marker: str) -> list[str]:
 
 def parse(argv: list[str], monkeypatch) -> dict:
     seen = {}
+    # the documented Redis (a private IP) is not reachable from here: only the argument wiring is under test
+    monkeypatch.setattr("fuserank.cli._check_memory_policy_before_writing", lambda url, allow: None)
+    monkeypatch.setattr("fuserank.cli._cleanup_after_publish", lambda url: {})
     monkeypatch.setattr("fuserank.batch.pipeline.precompute",
                         lambda model, url, settings, beam, block: seen.update(
                             model=model, url=url, settings=settings, beam=beam) or {})

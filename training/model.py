@@ -238,7 +238,7 @@ class _LazyAdam:
         self.weights, self.trainer = weights, trainer
         self.m = tf.Variable(tf.zeros((n, d)), trainable=False, name="m")
         self.v = tf.Variable(tf.zeros((n, d)), trainable=False, name="v")
-        self.last = tf.Variable(tf.zeros(n), trainable=False, name="last_step")
+        self.last = tf.Variable(tf.zeros(n), trainable=False, name="last_step")   # float32: exact to 2^24 steps
 
     def _catch_up(self, w, m, v, last, t):
         tr = self.trainer
@@ -272,7 +272,8 @@ class _LazyAdam:
         for start in range(0, n, FLUSH_BLOCK_ROWS):
             rows = tf.range(start, min(start + FLUSH_BLOCK_ROWS, n))
             w, m, v = self._catch_up(*(x.sparse_read(rows) for x in (self.weights, self.m, self.v, self.last)), t)
-            for var, value in ((self.weights, w), (self.m, m), (self.v, v), (self.last, tf.fill([tf.size(rows)], t - 1.0))):
+            last = tf.fill([tf.size(rows)], t - 1.0)
+            for var, value in ((self.weights, w), (self.m, m), (self.v, v), (self.last, last)):
                 var.scatter_update(tf.IndexedSlices(value, rows))
 
 
