@@ -250,3 +250,12 @@ def test_sparse_optimisers_converge_like_dense_adam(tmp_path):
     assert best["adam"] < baseline - 0.01                  # the case is learnable
     assert best["lazy_adam"] == pytest.approx(best["adam"], abs=0.003)
     assert best["adagrad"] <= best["adam"] + 0.003
+
+
+def test_sparse_optimisers_are_for_the_rating_objective_only():
+    from fuserank.errors import FuseRankError
+    from fuserank.training.train import fit
+    split = _synthetic_split(n=2000)
+    for objective, optimizer in (("ranking", "adagrad"), ("ranking", "lazy_adam"), ("rating", "sgd")):
+        with pytest.raises(FuseRankError, match="--optimizer"):
+            fit(split, None, 300, 120, objective=objective, optimizer=optimizer)

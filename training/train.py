@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from fuserank.errors import FuseRankError
 from fuserank.training import dataset
 from fuserank.training.export import export_artifact
 from fuserank.training.model import (ADAGRAD_LR, SparseRatingTrainer, WarmupExpDecay, batch_size_for,
@@ -139,6 +140,23 @@ def user_batches(split: dataset.SplitArrays, n_users: int, n_anime: int, batch_u
     return ds.batch(batch_users).map(densify, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
+class TrainingOptionError(FuseRankError, ValueError):
+    """An objective/optimiser combination `fit` cannot train (the CLI prints it and exits 2)."""
+
+
+def _check_options(objective: str, optimizer: str | None) -> str:
+    """The optimiser to use (the objective's default when None), or TrainingOptionError."""
+    if objective not in OBJECTIVES:
+        raise TrainingOptionError(f"--objective must be one of {OBJECTIVES}, got {objective!r}")
+    optimizer = optimizer or DEFAULT_OPTIMIZER[objective]
+    if optimizer not in OPTIMIZERS:
+        raise TrainingOptionError(f"--optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if objective == "ranking" and optimizer != "adam":
+        raise TrainingOptionError(f"--optimizer {optimizer} trains the rating objective only; ranking uses adam "
+                                  "(its softmax touches every anime every step)")
+    return optimizer
+
+
 def fit(train_s: dataset.SplitArrays, val_s: dataset.SplitArrays | None, n_users: int, n_anime: int,
         objective: str = "rating", embedding_dim: int = 128, seed: int = 0, epochs: int = 20,
         batch_size: int = 10_000, patience: int = 3, checkpoint_path: str | None = None, experiment=None,
@@ -155,11 +173,7 @@ def fit(train_s: dataset.SplitArrays, val_s: dataset.SplitArrays | None, n_users
     ``model.fit`` (every embedding row and moment slot rewritten every step). The ranking objective
     always uses ``adam``: its softmax touches every anime every step anyway.
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"--objective must be one of {OBJECTIVES}, got {objective!r}")
-    optimizer = optimizer or DEFAULT_OPTIMIZER[objective]
-    if optimizer not in OPTIMIZERS or (objective == "ranking" and optimizer != "adam"):
-        raise ValueError(f"--optimizer must be one of {OPTIMIZERS} (ranking: adam), got {optimizer!r}")
+    optimizer = _check_options(objective, optimizer)
     keras.utils.set_random_seed(seed)
     experiment = experiment or NullExperiment()
     if objective == "rating":
@@ -253,8 +267,7 @@ def train(data: str, out: str, epochs: int | None = None, embedding_dim: int = 1
           objective: str = "rating", batch_size: int = 10_000, patience: int | None = None,
           optimizer: str | None = None, **objective_options) -> dict:
     """`fuserank train`: fit on the ingest output, evaluate on its test split, export the artifact."""
-    if objective not in OBJECTIVES:
-        raise ValueError(f"--objective must be one of {OBJECTIVES}, got {objective!r}")
+    _check_options(objective, optimizer)
     epochs = epochs or DEFAULT_EPOCHS[objective]
     patience = patience or DEFAULT_PATIENCE[objective]
     data_manifest = dataset.load_manifest(data)
