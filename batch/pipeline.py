@@ -51,7 +51,7 @@ def blocks(n: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-def user_blocks(order, size: int) -> list:
+def ordered_blocks(order, size: int) -> list:
     """Consecutive slices of an encoded-user order (int32 arrays): the ScoreUsers input."""
     import numpy as np
     order = np.asarray(order, dtype=np.int32)
@@ -149,7 +149,7 @@ def build(p: beam.Pipeline, model_dir: str, redis_url: str, settings: HybridSett
     the order to score them (``HybridScorer.user_order()``), default 0..n-1."""
     version = keys.list_version(model.version, settings.digest())
     skip = frozenset(u for u in skip if model.user_index(u)[0] >= 0)
-    user_input = blocks(model.n_users, block_size) if order is None else user_blocks(order, block_size)
+    user_input = blocks(model.n_users, block_size) if order is None else ordered_blocks(order, block_size)
     users_written = (p | "UserBlocks" >> beam.Create(user_input)
                      | "ScoreUsers" >> ScoreUsers(model_dir, settings, version, skip)
                      | "WriteUsers" >> WriteToRedis(redis_url, "users"))
