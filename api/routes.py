@@ -202,12 +202,18 @@ def guard_post() -> None:
         valid = [k.strip() for k in str(configured).split(",") if k.strip()]
         if given is None or not any(hmac.compare_digest(given.encode(), k.encode()) for k in valid):
             raise Unauthorized(f"this endpoint needs a valid {API_KEY_HEADER} header")
+    enforce_rate_limit(_client_of(given), "rate limit of {limit} requests per {window}s exceeded")
+
+
+def enforce_rate_limit(client: str, message: str) -> None:
+    """The configured per-client limit (shared through Redis): 429 with ``message`` + retry time when over it."""
+    config = current_app.config
     limit = int(config.get("FUSERANK_RATE_LIMIT") or 0)
     if limit > 0:
         window = int(config.get("FUSERANK_RATE_WINDOW_S") or DEFAULT_RATE_WINDOW_S)
-        retry_after = _service().rate_limit(_client_of(given), limit, window)
+        retry_after = _service().rate_limit(client, limit, window)
         if retry_after is not None:
-            raise TooManyRequests(f"rate limit of {limit} requests per {window}s exceeded; retry in {retry_after}s",
+            raise TooManyRequests(f"{message.format(limit=limit, window=window)}; retry in {retry_after}s",
                                   retry_after)
 
 

@@ -22,7 +22,8 @@ import numpy as np
 from flask import Blueprint, current_app, g, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from fuserank.api.errors import ApiError, BadParameter, NotFound, TooManyRequests
+from fuserank.api.errors import ApiError, BadParameter, NotFound
+from fuserank.api.routes import enforce_rate_limit
 
 MAX_N = 200
 DEFAULT_N = 20
@@ -174,14 +175,8 @@ def search():
 
 def _rate_limit() -> None:
     """The new-user form folds a user in like POST /v1/recommendations: the same per-address rate limit."""
-    config = current_app.config
-    limit = int(config.get("FUSERANK_RATE_LIMIT") or 0)
-    if limit > 0:
-        window = int(config.get("FUSERANK_RATE_WINDOW_S") or 60)
-        retry_after = _service().rate_limit("web:" + (request.remote_addr or "unknown"), limit, window)
-        if retry_after is not None:
-            raise TooManyRequests(f"too many recommendation requests from your address; retry in {retry_after}s",
-                                  retry_after)
+    enforce_rate_limit("web:" + (request.remote_addr or "unknown"),
+                       "too many recommendation requests from your address")
 
 
 @web.post("/new-user")
