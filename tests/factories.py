@@ -52,3 +52,37 @@ def csr(rows, n_items) -> sp.csr_matrix:
             c.append(i)
             d.append(v)
     return sp.csr_matrix((np.asarray(d, dtype=np.float32), (r, c)), shape=(len(rows), n_items))
+
+
+def start_server(model_dir: str, redis_url: str, env: dict | None = None, timeout: float = 90,
+                 workers: int = 2):
+    """``fuserank serve`` as a real subprocess (gunicorn), once /healthz answers: ``(base_url, proc)``."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from fuserank.redis_server import free_port
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "fuserank", "serve", "--model", str(model_dir),
+                             "--redis-url", redis_url, "--port", str(port), "--workers", str(workers)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(base + "/healthz", timeout=5) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+    return base, proc
+
+
+def stop_server(proc) -> None:
+    """SIGINT (gunicorn's graceful stop), as an operator's Ctrl-C."""
+    import signal
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)

@@ -6,8 +6,6 @@ import glob
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -18,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from fuserank.api.app import create_app
 from fuserank.api.metrics import ApiMetrics
 from fuserank.batch.pipeline import precompute
-from fuserank.redis_server import LocalRedis, free_port
-from tests.factories import random_artifact
+from fuserank.redis_server import LocalRedis
+from tests.factories import random_artifact, start_server
 
 USER_ROUTE = "/v1/users/<user_id>/recommendations"
 
@@ -152,22 +150,11 @@ def _children(pid: int) -> set[int]:
 
 
 def test_gunicorn_workers_are_summed_and_the_directory_removed(model_dir, metrics_redis, published, tmp_path):
-    port = free_port()
     env = {**os.environ, "TMPDIR": str(tmp_path), "LOG_FORMAT": "json", "FUSERANK_LOG_SAMPLE": "1"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    proc = subprocess.Popen([sys.executable, "-m", "fuserank", "serve", "--model", model_dir, "--redis-url",
-                             metrics_redis, "--port", str(port), "--workers", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
+    base, proc = start_server(model_dir, metrics_redis, env=env, timeout=60)
     try:
         deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if _get(base + "/healthz")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
         while len(_children(proc.pid)) < 2 and time.time() < deadline:
             time.sleep(0.1)
         workers = _children(proc.pid)

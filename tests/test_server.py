@@ -1,9 +1,6 @@
 """The real thing once: `fuserank serve` under gunicorn, over HTTP on 127.0.0.1."""
 import json
 import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -11,7 +8,7 @@ import pytest
 import redis
 
 from fuserank.batch.pipeline import precompute
-from fuserank.redis_server import free_port
+from tests.factories import start_server, stop_server
 
 
 def get(url):
@@ -27,23 +24,9 @@ def server(trained_model, redis_url):
     url = redis_url.rsplit("/", 1)[0] + "/4"
     redis.Redis.from_url(url).flushdb()
     precompute(trained_model[0], url)
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "fuserank", "serve", "--model", trained_model[0],
-                             "--redis-url", url, "--port", str(port), "--workers", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            if get(base + "/healthz")[0] == 200:
-                break
-        except OSError:
-            time.sleep(0.3)
-        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+    base, proc = start_server(trained_model[0], url)
     yield base, proc
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(20)
+    stop_server(proc)
 
 
 def test_gunicorn_serves_named_recommendations(server, trained_model):

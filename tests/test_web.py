@@ -12,10 +12,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -30,8 +26,7 @@ from fuserank import artifacts as art
 from fuserank import keys
 from fuserank.api.app import create_app
 from fuserank.batch.pipeline import precompute
-from fuserank.redis_server import free_port
-from tests.factories import make_artifact
+from tests.factories import make_artifact, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[1]
 ANIME_CSV = ROOT / "data/sample/mal2020/anime_reduced.csv"
@@ -236,22 +231,9 @@ def sample_model(tmp_path_factory):
 def live_server(sample_model, redis_url):
     url = _db(redis_url, 12)
     precompute(sample_model, url)
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "fuserank", "serve", "--model", sample_model,
-                             "--redis-url", url, "--port", str(port), "--workers", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            if _get(base + "/healthz") == 200:
-                break
-        except OSError:
-            time.sleep(0.3)
-        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+    base, proc = start_server(sample_model, url)
     yield base
-    proc.send_signal(signal.SIGINT)
-    proc.wait(20)
+    stop_server(proc)
 
 
 @pytest.fixture
