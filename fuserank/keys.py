@@ -83,15 +83,18 @@ def encode_list(anime_ids, scores, names, reasons=None) -> bytes:
     ``reasons`` when given). OFFSETS are the comma-separated byte offsets where each item ends in the
     array text, so the first ``n`` items are a slice (``slice_list``), not a parse and a re-encode.
     """
-    parts, ends, pos = [], [], 1
+    parts = []
     for i, (a, s, name) in enumerate(zip(anime_ids, scores, names)):
         item = f'{{"anime_id":{int(a)},"name":{json.dumps(str(name))},"score":{float(s):.4f}'
         if reasons is not None and reasons[i] is not None:
             item += f',"reasons":{json.dumps(reasons[i], separators=(",", ":"))}'
-        item += "}"
-        pos += len(item.encode()) + (1 if parts else 0)
-        parts.append(item)
-        ends.append(pos)
+        parts.append(item + "}")
+    return _assemble(parts)
+
+
+def _assemble(parts: list[str]) -> bytes:
+    """The stored value from its ASCII item texts (``json.dumps`` escapes): offsets header, then the array."""
+    ends = accumulate([len(p) + 1 for p in parts])   # each item and the "[" or "," before it
     return (",".join(map(str, ends)) + "\n[" + ",".join(parts) + "]").encode()
 
 
@@ -124,8 +127,7 @@ class ListEncoder:
             parts = [f'{head[a]}{s:.4f},"reasons":{{"because":[{ref[why[0]] if why else ""}'
                      f'{"".join([ref_next[x] for x in why[1:]])}],"similar_users":{c}}}}}'
                      for a, s, why, c in zip(items, scores, because, counts)]
-        ends = list(accumulate([len(p) + 1 for p in parts]))   # each item and the "[" or "," before it
-        return (",".join(map(str, ends)) + "\n[" + ",".join(parts) + "]").encode()
+        return _assemble(parts)
 
 
 def _split(value: bytes) -> tuple[list[int], bytes]:
