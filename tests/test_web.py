@@ -236,6 +236,16 @@ def live_server(sample_model, redis_url):
     stop_server(proc)
 
 
+def _click_and_load(d, element, timeout: float = 20) -> None:
+    """Click a link or submit button and wait until the next page replaced this one (a loaded machine is slow)."""
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+    page = d.find_element("tag name", "html")
+    element.click()
+    WebDriverWait(d, timeout).until(EC.staleness_of(page))
+    WebDriverWait(d, timeout).until(lambda drv: drv.execute_script("return document.readyState") == "complete")
+
+
 @pytest.fixture
 def browser():
     if CHROMIUM is None:
@@ -270,7 +280,7 @@ def test_in_a_real_browser_load_search_rate_and_see_results(live_server, browser
     d.get(live_server + "/")
     assert "FuseRank" in d.title
     d.find_element(By.ID, "user_id").send_keys(str(uid))
-    d.find_element(By.CSS_SELECTOR, "main form button[type=submit]").click()
+    _click_and_load(d, d.find_element(By.CSS_SELECTOR, "main form button[type=submit]"))
     items = d.find_elements(By.CSS_SELECTOR, "ol.items li.item")
     assert len(items) == 20 and d.find_element(By.TAG_NAME, "h1").text == f"Recommendations for user {uid}"
     assert "precomputed answer" in d.find_element(By.ID, "source").text
@@ -285,7 +295,7 @@ def test_in_a_real_browser_load_search_rate_and_see_results(live_server, browser
     # a title links to its similar anime
     first = items[0].find_element(By.CSS_SELECTOR, "a.title")
     name = first.text
-    first.click()
+    _click_and_load(d, first)
     assert d.find_element(By.TAG_NAME, "h1").text == name
     assert len(d.find_elements(By.CSS_SELECTOR, "ol.items li.item")) == 20
 
@@ -293,7 +303,7 @@ def test_in_a_real_browser_load_search_rate_and_see_results(live_server, browser
     d.get(live_server + "/search")
     box = d.find_element(By.ID, "q")
     box.send_keys("cowboy")
-    d.find_element(By.ID, "search-button").click()
+    _click_and_load(d, d.find_element(By.ID, "search-button"))
     results = d.find_elements(By.CSS_SELECTOR, "#results li")
     assert results and all("cowboy" in r.text.lower() for r in results)
     rated_names = {r.find_element(By.CSS_SELECTOR, ".rate-name a").text for r in results[:2]}
@@ -302,13 +312,13 @@ def test_in_a_real_browser_load_search_rate_and_see_results(live_server, browser
     box = d.find_element(By.ID, "q")
     box.clear()
     box.send_keys("gintama")
-    d.find_element(By.ID, "keep-button").click()
+    _click_and_load(d, d.find_element(By.ID, "keep-button"))
     assert len(d.find_elements(By.CSS_SELECTOR, "#rated li")) == 2
     more = d.find_elements(By.CSS_SELECTOR, "#results li")
     assert more and all("gintama" in r.text.lower() for r in more)
     Select(more[0].find_element(By.TAG_NAME, "select")).select_by_value("8")
     d.save_screenshot(str(ARTIFACTS / "search.png"))
-    d.find_element(By.ID, "recommend-button").click()
+    _click_and_load(d, d.find_element(By.ID, "recommend-button"))
     assert d.find_element(By.TAG_NAME, "h1").text == "Recommendations for your 3 ratings"
     assert "live answer" in d.find_element(By.ID, "source").text
     recs = d.find_elements(By.CSS_SELECTOR, "ol.items li.item")
