@@ -34,6 +34,7 @@ import scipy.sparse as sp
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from fuserank import artifacts as art
 from fuserank import keys
 from fuserank.api.errors import BadParameter, NotFound
 from fuserank.artifacts import ModelArtifact, read_manifest
@@ -49,8 +50,6 @@ REDIS_TIMEOUT_S = 0.25      # connect and read timeout of every Redis call on th
 REDIS_RETRY_S = 0.5         # after a Redis failure, answer without Redis this long before trying it again
 LOAD_RETRY_S = 60.0         # a model version that failed to load is tried again after this long
 MODELS_URI_ENV = "FUSERANK_MODELS_URI"       # the model store: <uri>/<model version>/ (batch/nightly.py)
-RAW_RATINGS_MAX_BYTES_ENV = "FUSERANK_RAW_RATINGS_MAX_BYTES"
-RAW_RATINGS_MAX_BYTES = 256 << 20            # larger ingest sources are not read for low-activity users
 RATE_LIMIT_PREFIX = keys.RATE_LIMIT
 LOCAL_RATE_CLIENTS = 10_000  # clients counted per window per process while Redis is down
 _EXCLUDE_MARK = 50           # added to a user's stored list row: never cancels a rating (-1..10) to 0
@@ -118,16 +117,15 @@ NO_FILTERS = Filters()
 class LowActivity:
     """Users of the model's source ratings that the ingest left out (below its activity threshold).
 
-    Read from the ingest's raw ratings file named in the model's manifest (``data.source.ratings``) when
-    it is reachable and at most ``$FUSERANK_RAW_RATINGS_MAX_BYTES``; rows on anime the model does not know
-    are dropped, duplicates keep the last row (as the ingest does).
+    Read from the artifact's ``low_activity.npz`` (written by ingest + export, so it is versioned with
+    the model and reachable wherever the model is, local or ``gs://``): each user's rows on anime the
+    model knows, raw rating 1-10 or -1 = on the list, unrated.
     """
 
     user_ids: np.ndarray    # sorted raw user ids
     indptr: np.ndarray
     anime: np.ndarray       # encoded anime of the model
-    ratings: np.ndarray     # raw rating 1-10; < 1 = on the list, unrated
-    source: str
+    ratings: np.ndarray
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -140,48 +138,16 @@ class LowActivity:
         return self.anime[lo:hi], self.ratings[lo:hi]
 
     @classmethod
-    def from_source(cls, model: ModelArtifact, max_bytes: int) -> "LowActivity | None":
-        source = (((model.manifest.get("data") or {}).get("source") or {}).get("ratings"))
-        if not source:
+    def from_artifact(cls, model: ModelArtifact) -> "LowActivity | None":
+        path = os.path.join(model.path, art.LOW_ACTIVITY)
+        if not os.path.exists(path):
+            log.info("low-activity users: model %s has no %s (exported before it); they get `popular`",
+                     model.version, art.LOW_ACTIVITY)
             return None
-        size = _source_size(source)
-        if size is None:
-            log.info("low-activity users: %s (the model's ingest source) is not reachable; they get `popular`",
-                     source)
-            return None
-        if size > max_bytes:
-            log.warning("low-activity users: %s is %d bytes, above %s=%d; they get `popular`", source, size,
-                        RAW_RATINGS_MAX_BYTES_ENV, max_bytes)
-            return None
-        from fuserank.training import readers   # pyarrow only: no training stack
-        raw = readers.read_ratings(source)
-        keep = model.user_index(raw.user) < 0
-        users, enc, ratings = raw.user[keep], model.anime_index(raw.anime[keep]), raw.rating[keep]
-        known = enc >= 0
-        users, enc, ratings = users[known].astype(np.int64), enc[known].astype(np.int32), ratings[known]
-        order = np.lexsort((np.arange(len(users)), enc, users))
-        users, enc, ratings = users[order], enc[order], ratings[order]
-        last = np.ones(len(users), bool)
-        if len(users) > 1:
-            last[:-1] = (users[1:] != users[:-1]) | (enc[1:] != enc[:-1])
-        users, enc, ratings = users[last], enc[last], ratings[last].astype(np.int8)
-        ids, starts = np.unique(users, return_index=True)
-        indptr = np.append(starts, len(users)).astype(np.int64)
-        log.info("low-activity users: %d users (%d rows) from %s", len(ids), len(users), source)
-        return cls(ids, indptr, enc, ratings, str(source))
-
-
-def _source_size(source: str) -> int | None:
-    from fuserank import storage
-    try:
-        if storage.is_gcs(source):
-            bucket, key = storage.split_gcs(source)
-            blob = storage._client().bucket(bucket).get_blob(key)
-            return None if blob is None else int(blob.size)
-        return os.path.getsize(source) if os.path.isfile(source) else None
-    except Exception as exc:  # noqa: BLE001 - an optional enrichment: unreachable means "not available"
-        log.info("low-activity users: cannot stat %s (%s)", source, exc)
-        return None
+        with np.load(path) as z:
+            low = cls(z["user_ids"], z["indptr"], z["anime"], z["ratings"])
+        log.info("low-activity users: %d users (%d rows) in model %s", len(low), len(low.anime), model.version)
+        return low
 
 
 @dataclass(frozen=True, eq=False)
@@ -241,7 +207,6 @@ class RecommendationService:
         self.redis_url = redis_url
         self.redis = redis.Redis.from_url(redis_url, socket_timeout=REDIS_TIMEOUT_S,
                                           socket_connect_timeout=REDIS_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
-        self.raw_ratings_max_bytes = int(os.environ.get(RAW_RATINGS_MAX_BYTES_ENV) or RAW_RATINGS_MAX_BYTES)
         self.models_uri = os.environ.get(MODELS_URI_ENV) or None
         self._init_locks()
         self._models: dict[str, ModelArtifact] = {}
@@ -474,7 +439,7 @@ class RecommendationService:
         low = self._low_activity.get(model.version, _UNREAD)
         if low is _UNREAD:
             try:
-                low = LowActivity.from_source(model, self.raw_ratings_max_bytes)
+                low = LowActivity.from_artifact(model)
             except Exception as exc:  # noqa: BLE001 - optional: those users then get `popular`
                 log.warning("low-activity users of model %s not available (%s)", model.version, exc)
                 low = None

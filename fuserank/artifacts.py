@@ -3,7 +3,9 @@
 MODEL_DIR holds everything downstream needs, so ``precompute`` and ``serve`` take nothing else:
 ``user_embeddings.npy`` / ``anime_embeddings.npy`` (L2-normalised float32), ``users.parquet`` and
 ``anime.parquet`` (encoders + anime metadata), ``user_lists.npz`` (each user's whole list as CSR:
-raw 1-10 ratings, -1 = on the list but unrated) and ``manifest.json`` (model version, metrics).
+raw 1-10 ratings, -1 = on the list but unrated), ``low_activity.npz`` (the same for the users below the
+ingest's activity threshold, keyed by raw id: the API folds them in) and ``manifest.json`` (model
+version, metrics).
 """
 from __future__ import annotations
 
@@ -27,7 +29,9 @@ ANIME_EMB = "anime_embeddings.npy"
 USERS = "users.parquet"
 ANIME = "anime.parquet"
 USER_LISTS = "user_lists.npz"
+LOW_ACTIVITY = "low_activity.npz"
 VERSIONED_FILES = (USER_EMB, ANIME_EMB, USERS, ANIME, USER_LISTS)
+OPTIONAL_FILES = (LOW_ACTIVITY,)   # versioned too when present (artifacts exported before it lack it)
 ADULT_GENRE = "Hentai"
 
 
@@ -41,7 +45,8 @@ def file_sha256(path: str) -> str:
 
 def content_version(model_dir: str, extra: bytes = b"") -> tuple[str, dict]:
     """Model version = hash of the artifact's content (weights, encoders, lists, history), not a time."""
-    hashes = {name: file_sha256(os.path.join(model_dir, name)) for name in VERSIONED_FILES}
+    present = [name for name in OPTIONAL_FILES if os.path.exists(os.path.join(model_dir, name))]
+    hashes = {name: file_sha256(os.path.join(model_dir, name)) for name in VERSIONED_FILES + tuple(present)}
     digest = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode() + extra).hexdigest()
     return digest[:16], hashes
 
@@ -65,7 +70,7 @@ def localise(model_dir: str) -> str:
     except FileNotFoundError:
         raise ArtifactError(f"{uri}/{MANIFEST}: missing (is this a FuseRank model directory?)") from None
     expected = json.loads(manifest_bytes).get("files", {})
-    for name in VERSIONED_FILES:
+    for name in VERSIONED_FILES + tuple(name for name in OPTIONAL_FILES if name in expected):
         target = os.path.join(local, name)
         if os.path.exists(target) and file_sha256(target) == expected.get(name):
             continue
@@ -84,6 +89,20 @@ def localise(model_dir: str) -> str:
 def save_user_lists(path: str, lists: sp.csr_matrix) -> None:
     np.savez_compressed(path, indptr=lists.indptr.astype(np.int64), indices=lists.indices.astype(np.int32),
                         ratings=lists.data.astype(np.int8), shape=np.array(lists.shape, dtype=np.int64))
+
+
+def save_low_activity(path: str, user_ids: np.ndarray, anime: np.ndarray, ratings: np.ndarray) -> None:
+    """Rows of the users below the ingest's activity threshold as CSR keyed by sorted raw user id
+    (later rows win on a duplicate anime, as in the ingest)."""
+    order = np.lexsort((np.arange(len(user_ids)), anime, user_ids))
+    users, anime, ratings = user_ids[order], anime[order], ratings[order]
+    last = np.ones(len(users), bool)
+    if len(users) > 1:
+        last[:-1] = (users[1:] != users[:-1]) | (anime[1:] != anime[:-1])
+    users, anime, ratings = users[last], anime[last], ratings[last]
+    ids, starts = np.unique(users, return_index=True)
+    np.savez(path, user_ids=ids.astype(np.int64), indptr=np.append(starts, len(users)).astype(np.int64),
+             anime=anime.astype(np.int32), ratings=ratings.astype(np.int8))
 
 
 def read_manifest(model_dir: str) -> dict:

@@ -88,6 +88,9 @@ SPLIT_SCHEMA = pa.schema([
 ])
 UNRATED_SCHEMA = pa.schema([("user", pa.int32()), ("anime", pa.int32())])
 USERS_SCHEMA = pa.schema([("user", pa.int32()), ("user_id", pa.int64()), ("n_ratings", pa.int32())])
+LOW_ACTIVITY_SCHEMA = pa.schema([("user_id", pa.int64()), ("anime", pa.int32()), ("raw_rating", pa.int8())])
+"""Rows of users below the activity threshold, on anime the model knows (raw user id, encoded anime,
+raw rating 1-10 or -1 = listed, unrated), sorted by user: the API folds these users in."""
 ANIME_SCHEMA = pa.schema([
     ("anime", pa.int32()), ("anime_id", pa.int64()), ("name", pa.string()), ("genres", pa.string()),
     ("type", pa.string()), ("in_metadata", pa.bool_()),
@@ -98,6 +101,7 @@ OUTPUT_SCHEMAS = {
     "test.parquet": SPLIT_SCHEMA,
     "unrated.parquet": UNRATED_SCHEMA,
     "users.parquet": USERS_SCHEMA,
+    "low_activity.parquet": LOW_ACTIVITY_SCHEMA,
     "anime.parquet": ANIME_SCHEMA,
 }
 MANIFEST = "manifest.json"

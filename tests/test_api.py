@@ -299,6 +299,38 @@ def test_user_below_the_activity_threshold_is_folded_in_from_their_ratings(clien
     assert body["source"] == "live" and len(body["items"]) == 15
     assert not own & {i["anime_id"] for i in body["items"]}
     assert body != client.get(f"/v1/users/{max(raw.user_id) + 1}/recommendations?n=15").get_json()
+    known = raw[(raw.user_id == uid) & (model.anime_index(raw.anime_id.to_numpy()) >= 0)]
+    posted = client.post("/v1/recommendations", json={"n": 15, "ratings": [
+        {"anime_id": int(a), "rating": int(r)} for a, r in zip(known.anime_id, known.rating)]}).get_json()
+    assert [i["anime_id"] for i in posted["items"]] == [i["anime_id"] for i in body["items"]]
+
+
+def test_low_activity_users_come_from_the_artifact_not_the_raw_file(trained_model, api_redis_url, published,
+                                                                    tmp_path):
+    """The ingest keeps below-threshold users' rows and the export ships them: the raw CSV can be gone."""
+    import json
+    import shutil
+    from fuserank import artifacts as art
+    from fuserank.api.service import LowActivity
+    from tests.conftest import SAMPLE_2020
+    import pandas as pd
+    copy = tmp_path / "model"
+    shutil.copytree(trained_model[0], copy)
+    manifest = json.loads((copy / art.MANIFEST).read_text())
+    manifest["data"]["source"]["ratings"] = str(tmp_path / "gone.csv")
+    (copy / art.MANIFEST).write_text(json.dumps(manifest))
+    app = create_app(str(copy), api_redis_url)
+    model = app.extensions["fuserank"].model
+    low = LowActivity.from_artifact(model)
+    raw = pd.read_csv(SAMPLE_2020)
+    raw = raw[(model.user_index(raw.user_id.to_numpy()) < 0) & (model.anime_index(raw.anime_id.to_numpy()) >= 0)]
+    assert low.user_ids.tolist() == sorted(raw.user_id.unique().tolist())
+    uid = int(raw.user_id.value_counts().index[0])
+    enc, ratings = low.get(uid)
+    mine = raw[raw.user_id == uid]
+    assert sorted(zip(model.anime_ids[enc].tolist(), ratings.tolist())) == sorted(zip(mine.anime_id, mine.rating))
+    body = app.test_client().get(f"/v1/users/{uid}/recommendations?n=5").get_json()
+    assert body["source"] == "live" and len(body["items"]) == 5
 
 
 def test_routes_record_the_answer_source_for_metrics(trained_model, api_redis_url, published):

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures" / "ingest"
 SAMPLE = ROOT / "data" / "sample"
 COMPLETE = FIX / "rating_complete.csv"
-TABLES = ("train", "val", "test", "unrated", "users", "anime")
+TABLES = ("train", "val", "test", "unrated", "users", "anime", "low_activity")
 
 
 def load(out) -> dict[str, pd.DataFrame]:
@@ -104,6 +104,8 @@ def test_animelist_zero_ratings_go_to_unrated(tmp_path):
     assert {(users[u], ids[a]) for u, a in zip(t["unrated"].user, t["unrated"].anime)} == {(1, 2), (2, 1)}
     rows = ratings_with_ids(tmp_path / "out")
     assert rows.raw_rating.min() >= 1 and 50 not in ids.values()
+    low = t["low_activity"]
+    assert set(low.user_id) == {3} and -1 in set(low.raw_rating) and set(low.anime) <= set(ids)
 
 
 def test_rating2016_minus_one_goes_to_unrated(tmp_path):
@@ -131,6 +133,14 @@ def test_sample_2020_slice_matches_pandas(tmp_path):
         zip(expected.user_id, expected.anime_id, expected.rating))
     assert m["anime_layout"] == "anime2020_reduced" and m["counts"]["anime_missing_metadata"] == 0
     _check_split_sizes(got)
+    # users below the threshold: their rows on the model's anime, kept for the API's fold-in
+    t = load(tmp_path / "out")
+    low = t["low_activity"].merge(t["anime"][["anime", "anime_id"]], on="anime")
+    below = raw[raw.user_id.isin(counts[counts < 20].index) & raw.anime_id.isin(expected.anime_id)]
+    assert len(below) and sorted(zip(low.user_id, low.anime_id, low.raw_rating)) == sorted(
+        zip(below.user_id, below.anime_id, below.rating))
+    assert m["counts"]["low_activity_rows"] == len(below)
+    assert m["counts"]["low_activity_users"] == below.user_id.nunique()
 
 
 def test_sample_2016_slice_matches_pandas(tmp_path):
@@ -501,7 +511,8 @@ def _without_user(tmp_path, src: Path, user_id: int) -> Path:
 def _raw_ids_everywhere(out) -> set[int]:
     t = load(out)
     users = dict(zip(t["users"].user, t["users"].user_id))
-    return {users[u] for name in ("train", "val", "test", "unrated") for u in t[name].user} | set(users.values())
+    return ({users[u] for name in ("train", "val", "test", "unrated") for u in t[name].user} | set(users.values())
+            | set(t["low_activity"].user_id))
 
 
 def test_forgotten_user_is_absent_from_every_output(tmp_path, redis_client, redis_url):

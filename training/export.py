@@ -6,6 +6,7 @@ import os
 import shutil
 
 import numpy as np
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from fuserank import artifacts as art
@@ -37,6 +38,11 @@ def export_artifact(out_dir: str, data_dir: str, user_emb: np.ndarray, anime_emb
         shutil.copyfile(os.path.join(data_dir, name), os.path.join(out_dir, name))
     lists = build_user_lists(data_dir, user_emb.shape[0], anime_emb.shape[0])
     art.save_user_lists(os.path.join(out_dir, art.USER_LISTS), lists)
+    low_path = os.path.join(data_dir, "low_activity.parquet")
+    if os.path.exists(low_path):
+        low = pq.read_table(low_path)
+        art.save_low_activity(os.path.join(out_dir, art.LOW_ACTIVITY), *(low.column(name).to_numpy()
+                                                                        for name in ("user_id", "anime", "raw_rating")))
     history_blob = json.dumps(history, sort_keys=True).encode()
     with open(os.path.join(out_dir, "history.json"), "wb") as fh:
         fh.write(history_blob)
