@@ -608,7 +608,7 @@ class _Plan:
         self.columns = {name: _empty_columns(S.SPLIT_SCHEMA, self.sizes[name]) for name in SPLITS}
         self.columns["unrated"] = _empty_columns(S.UNRATED_SCHEMA, self.unrated_kept)
         self.raw_user_ids = packed.user_ids
-        self.low_activity: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.low_activity: list[tuple] = []   # per slice: raw user ids, their row counts, anime, raw rating
 
     def fill(self, directory: Path) -> "_StreamWriter":
         """Encode and split every slice into the columns; returns the writer, still finishing.
@@ -652,10 +652,12 @@ class _Plan:
                 _put(self.columns["unrated"], filled, "unrated", unrated, user=user, anime=anime)
             low = ~kept_row & (anime >= 0)
             if low.any():
-                raw_code = np.repeat(self.survey.user_code[slice_users], sizes)[low]
+                per_user = np.add.reduceat(low, starts, dtype=np.int64)
+                some = per_user > 0
+                raw_code = self.survey.user_code[slice_users][some]
                 raw_id = self.raw_user_ids[raw_code] if self.raw_user_ids is not None else raw_code.astype(np.int64)
-                self.low_activity.append((raw_id, anime[low], np.where(rated[low], packed_rating[low] - 1, -1)
-                                          .astype(np.int8)))
+                self.low_activity.append((raw_id, per_user[some], anime[low],
+                                          np.where(rated[low], packed_rating[low] - 1, -1).astype(np.int8)))
             writer.filled(filled)
         for name, size in filled.items():
             expected = len(next(iter(self.columns[name].values())))
@@ -668,9 +670,11 @@ class _Plan:
         tables["users"] = _table(S.USERS_SCHEMA, user=np.arange(len(self.user_ids), dtype=np.int32),
                                  user_id=self.user_ids, n_ratings=self.n_ratings)
         tables["anime"] = self.anime_table
-        parts = self.low_activity or [(np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, np.int8))]
-        tables["low_activity"] = _table(S.LOW_ACTIVITY_SCHEMA, **{
-            name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(S.LOW_ACTIVITY_SCHEMA.names)})
+        parts = self.low_activity or [(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int32),
+                                       np.empty(0, np.int8))]
+        ids, sizes, anime, ratings = (np.concatenate([p[i] for p in parts]) for i in range(4))
+        tables["low_activity"] = _table(S.LOW_ACTIVITY_SCHEMA, user_id=np.repeat(ids, sizes), anime=anime,
+                                        raw_rating=ratings)
         return tables
 
     def counts(self, duplicates: int) -> dict:
@@ -685,8 +689,8 @@ class _Plan:
             "ratings_kept": int(self.per_anime.sum()),
             **{name: self.sizes[name] for name in SPLITS},
             "unrated_kept": self.unrated_kept,
-            "low_activity_users": sum(len(np.unique(p[0])) for p in self.low_activity),
-            "low_activity_rows": sum(len(p[0]) for p in self.low_activity),
+            "low_activity_users": sum(len(p[0]) for p in self.low_activity),
+            "low_activity_rows": sum(len(p[2]) for p in self.low_activity),
             "anime_missing_metadata": int(self.missing.sum()),
             "ratings_missing_metadata": int(self.per_anime[self.missing].sum()),
         }
