@@ -19,7 +19,7 @@ from fuserank.evaluation.compare import evaluate_model
 from fuserank.evaluation.fuserank_methods import HybridMethod, OwnScore, TrainOptions, artifact_for, train_embeddings
 from fuserank.evaluation.protocol import Split, load_ratings, split, validation_split
 
-WEIGHTS = (0.0, 0.05, 0.1, 0.3)
+WEIGHTS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.3)
 
 
 def validation_view(ratings_path: str, seed: int = 0, min_user_ratings: int = 20) -> Split:
