@@ -85,21 +85,22 @@ def parse_id(name: str, raw: str) -> int:
     return int(raw)
 
 
-def _arg(name: str, default: str | None = None) -> str | None:
-    """A query parameter; ``in`` first, because MultiDict.get raises and catches for an absent key."""
-    args = request.args
+def _arg(args, name: str, default: str | None = None) -> str | None:
+    """A query parameter; ``in`` first, because MultiDict.get raises and catches for an absent key.
+
+    Routes read ``request.args`` once and pass it down: every ``request`` access is a context-local lookup."""
     return args[name] if name in args else default
 
 
-def parse_n() -> int:
-    raw = _arg("n", "10")
+def parse_n(args) -> int:
+    raw = _arg(args, "n", "10")
     if not _UINT.fullmatch(raw) or not 1 <= int(raw) <= MAX_N:
         raise BadParameter("n", f"must be an integer in 1..{MAX_N}, got {raw[:40]!r}")
     return int(raw)
 
 
-def parse_bool(name: str, default: bool = False) -> bool:
-    raw = _arg(name)
+def parse_bool(args, name: str, default: bool = False) -> bool:
+    raw = _arg(args, name)
     if raw is None:
         return default
     lowered = raw.lower()
@@ -108,15 +109,15 @@ def parse_bool(name: str, default: bool = False) -> bool:
     return lowered in ("true", "1")
 
 
-def parse_source() -> bool:
-    raw = _arg("source")
+def parse_source(args) -> bool:
+    raw = _arg(args, "source")
     if raw not in (None, "live", "auto"):
         raise BadParameter("source", f"must be 'live' (force the live path) or absent, got {raw[:40]!r}")
     return raw == "live"
 
 
-def _names(name: str) -> tuple[str, ...]:
-    raw = _arg(name)
+def _names(args, name: str) -> tuple[str, ...]:
+    raw = _arg(args, name)
     if raw is None:
         return ()
     names = tuple(part.strip() for part in raw.split(","))
@@ -125,26 +126,25 @@ def _names(name: str) -> tuple[str, ...]:
     return names
 
 
-def parse_filters() -> Filters:
-    args = request.args
+def parse_filters(args) -> Filters:
     if "exclude" not in args and "genre" not in args and "type" not in args:
         return NO_FILTERS
     exclude = ()
-    raw = _arg("exclude")
+    raw = _arg(args, "exclude")
     if raw is not None:
         parts = raw.split(",")
         if len(parts) > MAX_EXCLUDE or not all(_UINT.fullmatch(p) and int(p) <= MAX_ID for p in parts):
             raise BadParameter("exclude", f"must be 1..{MAX_EXCLUDE} comma-separated non-negative anime ids, "
                                           f"got {raw[:40]!r}")
         exclude = tuple(int(p) for p in parts)
-    return Filters(exclude, _names("genre"), _names("type"))
+    return Filters(exclude, _names(args, "genre"), _names(args, "type"))
 
 
 @recommendations.get("/users/<user_id>/recommendations")
 def user_recommendations(user_id: str):
-    uid = parse_id("user_id", user_id)
-    n, live, adult = parse_n(), parse_source(), parse_bool("include_adult")
-    filters, explain = parse_filters(), parse_bool("explain", True)
+    uid, args = parse_id("user_id", user_id), request.args
+    n, live, adult = parse_n(args), parse_source(args), parse_bool(args, "include_adult")
+    filters, explain = parse_filters(args), parse_bool(args, "explain", True)
     answer = _service().user_recommendations(uid, n, live=live, include_adult=adult, filters=filters,
                                              explain=explain)
     _answered(answer)
@@ -222,7 +222,8 @@ def new_user_recommendations():
     """A user the model has never seen, described by their ratings: folded into the embedding space."""
     guard_post()
     anime_ids, ratings, n = parse_new_user()
-    adult, filters, explain = parse_bool("include_adult"), parse_filters(), parse_bool("explain", True)
+    args = request.args
+    adult, filters, explain = parse_bool(args, "include_adult"), parse_filters(args), parse_bool(args, "explain", True)
     answer, ignored = _service().new_user_recommendations(np.array(anime_ids, np.int64), np.array(ratings), n,
                                                           include_adult=adult, filters=filters, explain=explain)
     _answered(answer)
@@ -233,9 +234,9 @@ def new_user_recommendations():
 
 @recommendations.get("/anime/<anime_id>/similar")
 def similar_anime(anime_id: str):
-    aid = parse_id("anime_id", anime_id)
-    n, adult = parse_n(), parse_bool("include_adult")
-    filters, explain = parse_filters(), parse_bool("explain", True)
+    aid, args = parse_id("anime_id", anime_id), request.args
+    n, adult = parse_n(args), parse_bool(args, "include_adult")
+    filters, explain = parse_filters(args), parse_bool(args, "explain", True)
     answer = _service().similar_anime(aid, n, include_adult=adult, filters=filters, explain=explain)
     _answered(answer)
     return _json(answer.to_json("anime_id", aid))

@@ -29,6 +29,8 @@ class TrainOptions:
     patience: int = 10
     temperature: float = 0.15
     positive_weight: float = 2.0
+    low_weight: float = 0.5
+    low_threshold: int = 5
     refit_full: bool = True
 
 
@@ -49,7 +51,8 @@ def train_embeddings(train: sp.csr_matrix, seed: int, options: TrainOptions) -> 
     from fuserank.training.train import fit
     fit_part, val_part = validation_split(train, seed)
     kw = dict(objective=options.objective, embedding_dim=options.embedding_dim, seed=seed,
-              patience=options.patience, temperature=options.temperature, positive_weight=options.positive_weight)
+              patience=options.patience, temperature=options.temperature, positive_weight=options.positive_weight,
+              low_weight=options.low_weight, low_threshold=options.low_threshold)
     result = fit(_split_arrays(fit_part), _split_arrays(val_part), train.shape[0], train.shape[1],
                  epochs=options.epochs, **kw)
     if options.refit_full:

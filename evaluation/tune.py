@@ -47,9 +47,12 @@ def main(argv=None) -> int:
     p.add_argument("--ratings", required=True)
     p.add_argument("--temperature", type=float, default=TrainOptions.temperature)
     p.add_argument("--positive-weight", type=float, default=TrainOptions.positive_weight)
+    p.add_argument("--low-weight", type=float, default=TrainOptions.low_weight)
+    p.add_argument("--low-threshold", type=int, default=TrainOptions.low_threshold)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    rows = tune(a.ratings, TrainOptions(temperature=a.temperature, positive_weight=a.positive_weight))
+    rows = tune(a.ratings, TrainOptions(temperature=a.temperature, positive_weight=a.positive_weight,
+                                             low_weight=a.low_weight, low_threshold=a.low_threshold))
     width = max(len(name) for name, _ in rows)
     for name, ndcg in rows:
         print(f"{name:<{width}}  NDCG@10 {ndcg:.4f}")

@@ -280,6 +280,10 @@ def cmd_train(argv):
                    help="ranking: softmax temperature on the cosine logits")
     p.add_argument("--positive-weight", type=_positive_float, default=2.0,
                    help="ranking: weight of ratings >= 8 relative to other ratings")
+    p.add_argument("--low-weight", type=_positive_float, default=0.5,
+                   help="ranking: weight of ratings <= --low-threshold (watched, disliked) relative to other ratings")
+    p.add_argument("--low-threshold", type=_int_in(0, 10), default=5,
+                   help="ranking: ratings at or below this get --low-weight (0: none)")
     p.add_argument("--optimizer", choices=["adagrad", "lazy_adam", "adam"], default=None,
                    help="rating: adagrad (default; row-wise, updates only the batch's embedding rows), lazy_adam "
                         "(Adam on the batch's rows, equal to adam), adam (Keras' dense Adam); ranking: adam")
@@ -287,7 +291,8 @@ def cmd_train(argv):
     from fuserank.training.train import train
     manifest = train(a.data, a.out, epochs=a.epochs, embedding_dim=a.embedding_dim, seed=a.seed,
                      objective=a.objective, batch_size=a.batch_size, patience=a.patience,
-                     temperature=a.temperature, positive_weight=a.positive_weight, optimizer=a.optimizer)
+                     temperature=a.temperature, positive_weight=a.positive_weight, low_weight=a.low_weight,
+                     low_threshold=a.low_threshold, optimizer=a.optimizer)
     print(json.dumps({"model_version": manifest["model_version"], **manifest["metrics"]}, indent=2))
 
 
