@@ -81,6 +81,21 @@ def test_duplicates_keep_the_last_row_even_if_lower(tmp_path, user_id):
         ["user_id", "anime_id"]].values.tolist() == [[user_id, 2]]
 
 
+@pytest.mark.parametrize("low_id", [5, 4_000_000_000])
+def test_low_activity_rows_keep_raw_ids_and_only_the_models_anime(tmp_path, low_id):
+    """Users below the threshold: their rows on kept anime (unrated as -1), duplicates resolved, raw ids."""
+    rows = [(1, 1, 9), (1, 2, 8), (1, 3, 7), (2, 1, 6), (2, 2, 5), (2, 4, 4),
+            (low_id, 1, 3), (low_id, 2, 0), (low_id, 99, 10), (low_id, 1, 8)]
+    path = write(tmp_path, "low.csv", ["user_id,anime_id,rating,watching_status,watched_episodes"]
+                 + [f"{u},{a},{r},2,1" for u, a, r in rows])
+    m = ingest(str(path), str(tmp_path / "out"), min_user_ratings=3)
+    t = load(tmp_path / "out")
+    low = t["low_activity"].merge(t["anime"][["anime", "anime_id"]], on="anime")
+    assert sorted(zip(low.user_id, low.anime_id, low.raw_rating)) == [(low_id, 1, 8), (low_id, 2, -1)]
+    assert (m["counts"]["low_activity_users"], m["counts"]["low_activity_rows"]) == (1, 2)
+    assert low_id not in set(t["users"].user_id)
+
+
 def test_output_schemas_and_order(tmp_path):
     ingest(str(COMPLETE), str(tmp_path / "out"), min_user_ratings=3)
     for name in TABLES:
