@@ -117,9 +117,9 @@ NO_FILTERS = Filters()
 class LowActivity:
     """Users of the model's source ratings that the ingest left out (below its activity threshold).
 
-    Read from the artifact's ``low_activity.npz`` (written by ingest + export, so it is versioned with
-    the model and reachable wherever the model is, local or ``gs://``): each user's rows on anime the
-    model knows, raw rating 1-10 or -1 = on the list, unrated.
+    Memory-mapped from the artifact's ``low_activity_*.npy`` (written by ingest + export, so versioned with
+    the model and reachable wherever the model is, local or ``gs://``; one copy in the page cache for all
+    workers and versions): each user's rows on anime the model knows, raw rating 1-10 or -1 = listed, unrated.
     """
 
     user_ids: np.ndarray    # sorted raw user ids
@@ -139,13 +139,12 @@ class LowActivity:
 
     @classmethod
     def from_artifact(cls, model: ModelArtifact) -> "LowActivity | None":
-        path = os.path.join(model.path, art.LOW_ACTIVITY)
-        if not os.path.exists(path):
-            log.info("low-activity users: model %s has no %s (exported before it); they get `popular`",
-                     model.version, art.LOW_ACTIVITY)
+        arrays = art.load_low_activity(model.path)
+        if arrays is None:
+            log.info("low-activity users: model %s has none exported (an artifact from before they were); "
+                     "they get `popular`", model.version)
             return None
-        with np.load(path) as z:
-            low = cls(z["user_ids"], z["indptr"], z["anime"], z["ratings"])
+        low = cls(arrays["user_ids"], arrays["indptr"], arrays["anime"], arrays["ratings"])
         log.info("low-activity users: %d users (%d rows) in model %s", len(low), len(low.anime), model.version)
         return low
 

@@ -3,9 +3,9 @@
 MODEL_DIR holds everything downstream needs, so ``precompute`` and ``serve`` take nothing else:
 ``user_embeddings.npy`` / ``anime_embeddings.npy`` (L2-normalised float32), ``users.parquet`` and
 ``anime.parquet`` (encoders + anime metadata), ``user_lists.npz`` (each user's whole list as CSR:
-raw 1-10 ratings, -1 = on the list but unrated), ``low_activity.npz`` (the same for the users below the
-ingest's activity threshold, keyed by raw id: the API folds them in) and ``manifest.json`` (model
-version, metrics).
+raw 1-10 ratings, -1 = on the list but unrated), ``low_activity_*.npy`` (the same for the users below
+the ingest's activity threshold, keyed by raw id: the API folds them in; plain .npy so that every worker
+memory-maps one copy) and ``manifest.json`` (model version, metrics).
 """
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ ANIME_EMB = "anime_embeddings.npy"
 USERS = "users.parquet"
 ANIME = "anime.parquet"
 USER_LISTS = "user_lists.npz"
-LOW_ACTIVITY = "low_activity.npz"
+LOW_ACTIVITY = {part: f"low_activity_{part}.npy" for part in ("user_ids", "indptr", "anime", "ratings")}
 VERSIONED_FILES = (USER_EMB, ANIME_EMB, USERS, ANIME, USER_LISTS)
-OPTIONAL_FILES = (LOW_ACTIVITY,)   # versioned too when present (artifacts exported before it lack it)
+OPTIONAL_FILES = tuple(LOW_ACTIVITY.values())   # versioned too when present (older artifacts lack them)
 ADULT_GENRE = "Hentai"
 
 
@@ -91,7 +91,7 @@ def save_user_lists(path: str, lists: sp.csr_matrix) -> None:
                         ratings=lists.data.astype(np.int8), shape=np.array(lists.shape, dtype=np.int64))
 
 
-def save_low_activity(path: str, user_ids: np.ndarray, anime: np.ndarray, ratings: np.ndarray) -> None:
+def save_low_activity(model_dir: str, user_ids: np.ndarray, anime: np.ndarray, ratings: np.ndarray) -> None:
     """Rows of the users below the ingest's activity threshold as CSR keyed by sorted raw user id
     (later rows win on a duplicate anime, as in the ingest)."""
     order = np.lexsort((np.arange(len(user_ids)), anime, user_ids))
@@ -101,8 +101,18 @@ def save_low_activity(path: str, user_ids: np.ndarray, anime: np.ndarray, rating
         last[:-1] = (users[1:] != users[:-1]) | (anime[1:] != anime[:-1])
     users, anime, ratings = users[last], anime[last], ratings[last]
     ids, starts = np.unique(users, return_index=True)
-    np.savez(path, user_ids=ids.astype(np.int64), indptr=np.append(starts, len(users)).astype(np.int64),
-             anime=anime.astype(np.int32), ratings=ratings.astype(np.int8))
+    parts = {"user_ids": ids.astype(np.int64), "indptr": np.append(starts, len(users)).astype(np.int64),
+             "anime": anime.astype(np.int32), "ratings": ratings.astype(np.int8)}
+    for part, array in parts.items():
+        np.save(os.path.join(model_dir, LOW_ACTIVITY[part]), array)
+
+
+def load_low_activity(model_dir: str) -> dict[str, np.ndarray] | None:
+    """The low-activity arrays memory-mapped read-only (shared by every process that maps them), or None."""
+    paths = {part: os.path.join(model_dir, name) for part, name in LOW_ACTIVITY.items()}
+    if not all(os.path.exists(p) for p in paths.values()):
+        return None
+    return {part: np.load(p, mmap_mode="r") for part, p in paths.items()}
 
 
 def read_manifest(model_dir: str) -> dict:

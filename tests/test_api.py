@@ -322,6 +322,7 @@ def test_low_activity_users_come_from_the_artifact_not_the_raw_file(trained_mode
     app = create_app(str(copy), api_redis_url)
     model = app.extensions["fuserank"].model
     low = LowActivity.from_artifact(model)
+    assert all(isinstance(a, np.memmap) for a in (low.user_ids, low.indptr, low.anime, low.ratings))
     raw = pd.read_csv(SAMPLE_2020)
     raw = raw[(model.user_index(raw.user_id.to_numpy()) < 0) & (model.anime_index(raw.anime_id.to_numpy()) >= 0)]
     assert low.user_ids.tolist() == sorted(raw.user_id.unique().tolist())

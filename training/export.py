@@ -41,7 +41,7 @@ def export_artifact(out_dir: str, data_dir: str, user_emb: np.ndarray, anime_emb
     low_path = os.path.join(data_dir, "low_activity.parquet")
     if os.path.exists(low_path):
         low = pq.read_table(low_path)
-        art.save_low_activity(os.path.join(out_dir, art.LOW_ACTIVITY), *(low.column(name).to_numpy()
+        art.save_low_activity(out_dir, *(low.column(name).to_numpy()
                                                                         for name in ("user_id", "anime", "raw_rating")))
     history_blob = json.dumps(history, sort_keys=True).encode()
     with open(os.path.join(out_dir, "history.json"), "wb") as fh:
