@@ -180,6 +180,19 @@ def pipeline_options(beam_args: list[str] | None) -> tuple[PipelineOptions, obje
     return options, runner
 
 
+def check_published(client: redis.Redis, version: str) -> str | None:
+    """After the pipeline: None when ``version`` is current; the newer version when another precompute
+    published after this one (a race, not a failure); PublishError when ``version`` was never published."""
+    served = current_version(client)
+    if served == version:
+        return None
+    if client.zscore(keys.VERSIONS, version) is None:   # the flip adds it there in the same transaction
+        raise PublishError(f"pipeline finished but the current list version is {served}, not {version}")
+    log.warning("list version %s was published, then replaced by %s (another precompute finished after it)",
+                version, served)
+    return served
+
+
 def precompute(model_dir: str, redis_url: str, settings: HybridSettings | None = None,
                beam_args: list[str] | None = None, block_size: int = 512) -> dict:
     settings = settings or HybridSettings()
@@ -200,11 +213,9 @@ def precompute(model_dir: str, redis_url: str, settings: HybridSettings | None =
     seconds = time.time() - t0
     client = redis.Redis.from_url(redis_url, socket_timeout=30)
     try:
-        served = current_version(client)
+        superseded = check_published(client, version)
     finally:
         client.close()
-    if served != version:
-        raise PublishError(f"pipeline finished but the current list version is {served}, not {version}")
     log.info("precompute finished in %.1fs", seconds)
     return {"version": version, "model_version": model.version, "users": model.n_users, "forgotten": len(skip),
-            "anime": model.n_anime, "seconds": round(seconds, 2)}
+            "anime": model.n_anime, "seconds": round(seconds, 2), "superseded_by": superseded}

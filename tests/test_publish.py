@@ -37,6 +37,18 @@ def test_rollback_swaps_current_and_previous_and_publish_goes_forward(two_versio
     assert r.returncode == 0 and current_version(redis_client) == second
 
 
+def test_a_precompute_overtaken_by_a_later_publish_succeeds_but_one_never_published_fails(two_versions,
+                                                                                          redis_client):
+    """Two precomputes racing: the one that published first finds the other's version current afterwards."""
+    from fuserank.batch.pipeline import check_published
+    first, second = two_versions
+    assert check_published(redis_client, second) is None
+    assert check_published(redis_client, first) == second          # published, then replaced
+    write_meta(redis_client, "never-flipped", {"state": "complete"})
+    with pytest.raises(PublishError, match="never-flipped"):
+        check_published(redis_client, "never-flipped")
+
+
 def test_only_complete_versions_can_be_published(two_versions, redis_client, redis_url):
     _, second = two_versions
     write_meta(redis_client, "half-written", {"state": "writing"})
