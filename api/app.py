@@ -30,6 +30,9 @@ def create_app(model_dir: str, redis_url: str, settings: HybridSettings | None =
     app = Flask("fuserank", static_folder=None)  # the web blueprint serves /static
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False)
     app.json.sort_keys = False
+    # An id holding "/" arrives %2F-decoded as "//": a 404 JSON like any unknown path, not werkzeug's HTML
+    # 308 redirect to the merged path (which would answer a different id).
+    app.url_map.merge_slashes = False
     service = service or RecommendationService(model_dir, redis_url, settings)
     app.extensions["fuserank"] = service
     app.register_blueprint(recommendations)

@@ -87,7 +87,8 @@ def _error_json(r, statuses):
 
 
 ids = st.one_of(st.integers(min_value=-(2**70), max_value=2**70).map(str), st.text(max_size=30),
-                st.floats(allow_nan=True).map(str), st.sampled_from(["", "0x10", "1e3", " 1", "+1", "١٢", "%00"]))
+                st.floats(allow_nan=True).map(str),
+                st.sampled_from(["", "0x10", "1e3", " 1", "+1", "١٢", "%00", "0/", "/0", "0//", "./0", ".."]))
 
 
 @FAST
