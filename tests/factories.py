@@ -12,6 +12,14 @@ from fuserank import artifacts as art
 from fuserank.similarity import l2_normalise
 
 
+def empty_db(redis_url: str, db: int) -> str:
+    """``redis_url`` pointed at database ``db`` of the same server, emptied: one database per test module."""
+    import redis
+    url = redis_url.rsplit("/", 1)[0] + f"/{db}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
 def make_artifact(path, user_emb, anime_emb, lists, genres=None, names=None) -> str:
     """``lists``: dense users x anime array of raw ratings (0 = not on the list, -1 = listed, unrated)."""
     os.makedirs(path, exist_ok=True)

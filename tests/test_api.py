@@ -7,13 +7,12 @@ from fuserank import keys
 from fuserank.api.app import create_app
 from fuserank.batch.pipeline import precompute
 from fuserank.config import HybridSettings
+from tests.factories import empty_db
 
 
 @pytest.fixture(scope="module")
 def api_redis_url(redis_url):
-    url = redis_url.rsplit("/", 1)[0] + "/2"
-    redis.Redis.from_url(url).flushdb()
-    return url
+    return empty_db(redis_url, 2)
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +153,7 @@ def test_health_and_readiness(client):
 
 
 def test_not_ready_without_a_published_version(trained_model, redis_url):
-    empty = redis_url.rsplit("/", 1)[0] + "/3"
-    redis.Redis.from_url(empty).flushdb()
+    empty = empty_db(redis_url, 3)
     app = create_app(trained_model[0], empty)
     r = app.test_client().get("/readyz")
     assert r.status_code == 503 and r.get_json()["ready"] is False

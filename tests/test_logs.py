@@ -10,12 +10,11 @@ import subprocess
 import sys
 
 import pytest
-import redis
 
 from fuserank import logs
 from fuserank.api.app import create_app
 from fuserank.batch.pipeline import precompute
-from tests.factories import random_artifact
+from tests.factories import empty_db, random_artifact
 
 
 @pytest.fixture
@@ -122,8 +121,7 @@ def test_configure_command_binds_the_versions_its_arguments_name(tmp_path, strea
 @pytest.fixture(scope="module")
 def api(tmp_path_factory, redis_url):
     model_dir = random_artifact(tmp_path_factory.mktemp("logs") / "model", n_users=30, n_anime=25)
-    url = redis_url.rsplit("/", 1)[0] + "/14"
-    redis.Redis.from_url(url).flushdb()
+    url = empty_db(redis_url, 14)
     published = precompute(model_dir, url)
     return model_dir, url, published
 

@@ -10,14 +10,13 @@ import time
 import urllib.request
 
 import pytest
-import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from fuserank.api.app import create_app
 from fuserank.api.metrics import ApiMetrics
 from fuserank.batch.pipeline import precompute
 from fuserank.redis_server import LocalRedis
-from tests.factories import random_artifact, start_server
+from tests.factories import empty_db, random_artifact, start_server
 
 USER_ROUTE = "/v1/users/<user_id>/recommendations"
 
@@ -44,9 +43,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def metrics_redis(redis_url):
-    url = redis_url.rsplit("/", 1)[0] + "/13"
-    redis.Redis.from_url(url).flushdb()
-    return url
+    return empty_db(redis_url, 13)
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,9 @@ import urllib.error
 import urllib.request
 
 import pytest
-import redis
 
 from fuserank.batch.pipeline import precompute
-from tests.factories import start_server, stop_server
+from tests.factories import empty_db, start_server, stop_server
 
 
 def get(url):
@@ -21,8 +20,7 @@ def get(url):
 
 @pytest.fixture
 def server(trained_model, redis_url):
-    url = redis_url.rsplit("/", 1)[0] + "/4"
-    redis.Redis.from_url(url).flushdb()
+    url = empty_db(redis_url, 4)
     precompute(trained_model[0], url)
     base, proc = start_server(trained_model[0], url)
     yield base, proc

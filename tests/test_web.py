@@ -26,18 +26,12 @@ from fuserank import artifacts as art
 from fuserank import keys
 from fuserank.api.app import create_app
 from fuserank.batch.pipeline import precompute
-from tests.factories import make_artifact, start_server, stop_server
+from tests.factories import empty_db, make_artifact, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[1]
 ANIME_CSV = ROOT / "data/sample/mal2020/anime_reduced.csv"
 RATINGS_CSV = ROOT / "data/sample/mal2020/rating_complete_head100k.csv"
 ARTIFACTS = Path(os.environ.get("FUSERANK_ARTIFACTS_DIR") or ROOT / "runs/artifacts") / "web"
-
-
-def _db(redis_url: str, db: int) -> str:
-    url = redis_url.rsplit("/", 1)[0] + f"/{db}"
-    redis.Redis.from_url(url).flushdb()
-    return url
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +54,7 @@ def small_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def web_redis(redis_url):
-    return _db(redis_url, 11)
+    return empty_db(redis_url, 11)
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +223,7 @@ def sample_model(tmp_path_factory):
 
 @pytest.fixture
 def live_server(sample_model, redis_url):
-    url = _db(redis_url, 12)
+    url = empty_db(redis_url, 12)
     precompute(sample_model, url)
     base, proc = start_server(sample_model, url)
     yield base
