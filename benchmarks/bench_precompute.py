@@ -306,7 +306,6 @@ def main(argv=None) -> int:
             shape[k] = getattr(a, k)
 
     from fuserank import keys
-    from fuserank.artifacts import ModelArtifact
     from fuserank.batch.pipeline import load_encoder, load_scorer, precompute
     from fuserank.config import HybridSettings
     from fuserank.redis_server import LocalRedis

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 from itertools import accumulate
 
-import numpy as np
 
 PREFIX = "fuserank"
 CURRENT = f"{PREFIX}:current"

@@ -18,7 +18,6 @@ import threading
 import time
 
 import numpy as np
-import pytest
 import redis
 
 from fuserank import keys
