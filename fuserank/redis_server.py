@@ -34,6 +34,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_answers(proc: subprocess.Popen, client: redis.Redis, timeout: float = 10.0) -> None:
+    """Poll ``client`` until the redis-server ``proc`` answers PING; FuseRankError if it exits or stays silent."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            output = proc.stdout.read().decode(errors="replace")[-2000:] if proc.stdout else ""
+            raise FuseRankError(f"redis-server exited with {proc.returncode}: {output}".rstrip(": "))
+        try:
+            if client.ping():
+                return
+        except redis.RedisError:
+            time.sleep(0.05)
+    raise FuseRankError(f"redis-server did not answer within {timeout}s")
+
+
 class LocalRedis:
     """A redis-server child process on 127.0.0.1 with no persistence, stopped on exit or ``stop()``."""
 
@@ -52,17 +67,7 @@ class LocalRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def _wait_ready(self, timeout: float = 10.0) -> None:
-        deadline = time.time() + timeout
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise FuseRankError(f"{self.binary} exited with {self.proc.returncode} on port {self.port}")
-            try:
-                if client.ping():
-                    return
-            except redis.RedisError:
-                time.sleep(0.05)
-        raise FuseRankError(f"redis-server on port {self.port} did not answer within {timeout}s")
+        wait_until_answers(self.proc, redis.Redis(port=self.port, socket_connect_timeout=0.2), timeout)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

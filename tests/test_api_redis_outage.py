@@ -25,7 +25,7 @@ import redis
 from fuserank.api.app import create_app
 from fuserank.batch.pipeline import precompute
 from fuserank.config import HybridSettings
-from fuserank.redis_server import LocalRedis, find_redis_server, free_port
+from fuserank.redis_server import LocalRedis, find_redis_server, free_port, wait_until_answers
 from tests.factories import random_artifact
 
 SETTINGS = HybridSettings(top_n=10, neighbours=5)
@@ -53,17 +53,8 @@ class RedisProcess:
 
     def start(self, timeout: float = 10.0) -> None:
         self.proc = subprocess.Popen(self.args(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        client = redis.Redis.from_url(self.client_url, socket_connect_timeout=0.2, socket_timeout=0.5)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited: {self.proc.stdout.read().decode()[-2000:]}")
-            try:
-                if client.ping():
-                    return
-            except redis.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not answer")
+        wait_until_answers(self.proc, redis.Redis.from_url(self.client_url, socket_connect_timeout=0.2,
+                                                           socket_timeout=0.5), timeout)
 
     def stop(self, save: bool = True) -> None:
         """SAVE (so a restart has the data), then SIGTERM."""

@@ -12,6 +12,7 @@ import pytest
 from fuserank.api.app import create_app
 from fuserank.batch.pipeline import precompute
 from fuserank.config import HybridSettings
+from fuserank.errors import FuseRankError
 from fuserank.redis_server import free_port
 from tests.factories import random_artifact
 from tests.test_api_redis_outage import RedisProcess
@@ -143,7 +144,7 @@ def test_rediss_url_over_tls(model_dir, tmp_path):
         server = RedisProcess("--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file",
                               str(key), "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
                               port=port, client_url=url)
-    except RuntimeError as exc:
+    except FuseRankError as exc:
         pytest.skip(f"this redis-server has no TLS support: {str(exc)[-200:]}")
     try:
         precompute(model_dir, url, SETTINGS)
