@@ -92,16 +92,14 @@ def save_user_lists(path: str, lists: sp.csr_matrix) -> None:
 
 
 def save_low_activity(model_dir: str, user_ids: np.ndarray, anime: np.ndarray, ratings: np.ndarray) -> None:
-    """Rows of the users below the ingest's activity threshold as CSR keyed by sorted raw user id
-    (later rows win on a duplicate anime, as in the ingest)."""
-    order = np.lexsort((np.arange(len(user_ids)), anime, user_ids))
-    users, anime, ratings = user_ids[order], anime[order], ratings[order]
-    last = np.ones(len(users), bool)
-    if len(users) > 1:
-        last[:-1] = (users[1:] != users[:-1]) | (anime[1:] != anime[:-1])
-    users, anime, ratings = users[last], anime[last], ratings[last]
-    ids, starts = np.unique(users, return_index=True)
-    parts = {"user_ids": ids.astype(np.int64), "indptr": np.append(starts, len(users)).astype(np.int64),
+    """Rows of the users below the ingest's activity threshold as CSR keyed by raw user id.
+
+    The ingest writes them sorted by user and de-duplicated (``low_activity.parquet``), so the user
+    boundaries are all that is left to find."""
+    if len(user_ids) > 1 and not np.all(user_ids[1:] >= user_ids[:-1]):
+        raise ArtifactError("low-activity rows are not sorted by user id (expected the ingest's low_activity.parquet)")
+    starts = np.flatnonzero(np.r_[True, user_ids[1:] != user_ids[:-1]]) if len(user_ids) else np.empty(0, np.int64)
+    parts = {"user_ids": user_ids[starts].astype(np.int64), "indptr": np.append(starts, len(user_ids)).astype(np.int64),
              "anime": anime.astype(np.int32), "ratings": ratings.astype(np.int8)}
     for part, array in parts.items():
         np.save(os.path.join(model_dir, LOW_ACTIVITY[part]), array)
