@@ -149,6 +149,11 @@ class LowActivity:
         return low
 
 
+def _one_row(cols: np.ndarray, n: int, value, dtype) -> sp.csr_matrix:
+    """A 1 x n sparse row holding ``value`` at ``cols``: one user's list, likes or exclusions for the scorer."""
+    return sp.csr_matrix((np.full(len(cols), value, dtype), (np.zeros(len(cols), np.int64), cols)), shape=(1, n))
+
+
 @dataclass(frozen=True, eq=False)
 class Bundle:
     """One model version with everything derived from it; built once, never changed, swapped whole."""
@@ -567,14 +572,11 @@ class RecommendationService:
             rows = bundle.low_activity.get(user_id) if bundle.low_activity is not None else None
             if rows is None:
                 return Answer(self._popular(bundle, n, include_adult, drop), "popular", bundle.version)
-            enc, ratings = rows
-            answer = self._fold_in(view, enc, ratings, n, include_adult, drop, explain)
-            return answer
+            return self._fold_in(view, *rows, n, include_adult, drop, explain)
         exclude = None
         if drop is not None and drop.any():
             cols = np.flatnonzero(drop)
-            exclude = sp.csr_matrix((np.full(len(cols), _EXCLUDE_MARK, np.int8), (np.zeros(len(cols), int), cols)),
-                                    shape=(1, bundle.model.n_anime))
+            exclude = _one_row(cols, bundle.model.n_anime, _EXCLUDE_MARK, np.int8)
         ranked = bundle.scorer.score_users(np.array([u]), n=n, include_adult=include_adult, exclude=exclude,
                                            explain=explain)
         items, scores = ranked.row(0)
@@ -594,11 +596,8 @@ class RecommendationService:
             return Answer(self._popular(bundle, n, include_adult, drop), "popular", bundle.version)
         vector = fold_in(model.anime_emb, enc[rated], ratings[rated], like)
         cols = np.unique(enc) if drop is None else np.union1d(enc, np.flatnonzero(drop))
-        shape = (1, model.n_anime)
-        on_list = sp.csr_matrix((np.ones(len(cols), np.int8), (np.zeros(len(cols), int), cols)), shape=shape)
-        liked_enc = np.unique(enc[ratings >= like])
-        liked = sp.csr_matrix((np.ones(len(liked_enc), np.float32), (np.zeros(len(liked_enc), int), liked_enc)),
-                              shape=shape)
+        on_list = _one_row(cols, model.n_anime, 1, np.int8)
+        liked = _one_row(np.unique(enc[ratings >= like]), model.n_anime, 1, np.float32)
         ranked = bundle.scorer.score_vectors(vector, liked, on_list, None, n, include_adult, explain=explain)
         items, scores = ranked.row(0)
         return Answer(self._items(bundle, items, scores, bundle.scorer.reasons(ranked, 0)), "live", bundle.version,
