@@ -161,6 +161,39 @@ def paired(parts: dict, rounds: int) -> dict:
     return out
 
 
+def step_parts(trainer, tensors, table) -> dict:
+    """Mean ms a batch of each part of the fused step (unpack, forward kernel, TF head, update kernel), each
+    part run alone over all the given batches on inputs made beforehand (the update with lr 0)."""
+    import tensorflow as tf
+    from fuserank.training.model import unpack_batch
+    uw, aw = trainer.users.weights, trainer.anime.weights
+    unpack = tf.function(lambda k: unpack_batch(k, table))
+    forward = tf.function(lambda u, a: trainer.fused.fuse_rank_cosine_rows(uw.handle, aw.handle, u, a))
+    head = tf.function(trainer._head_backward)
+
+    @tf.function
+    def update(u, a, c, d_u, d_a, sq_u, sq_a):
+        trainer.fused.fuse_rank_rowwise_adagrad(uw.handle, trainer.users.accumulator.handle, aw.handle,
+                                                trainer.anime.accumulator.handle, u, a, c, d_u, d_a, sq_u, sq_a,
+                                                0.0, epsilon=trainer.users.epsilon)
+        return tf.constant(0)
+
+    inputs = {"unpack": [(k,) for k in tensors]}
+    inputs["forward_kernel"] = [u_a for u_a in (unpack(*x)[:2] for x in inputs["unpack"])]
+    ys = [unpack(*x)[2] for x in inputs["unpack"]]
+    inputs["head_tf"] = [(*forward(*x), y) for x, y in zip(inputs["forward_kernel"], ys)]
+    inputs["update_kernel"] = [(*x, *head(*h)[4:9]) for x, h in zip(inputs["forward_kernel"], inputs["head_tf"])]
+    result = {}
+    for name, fn in (("unpack", unpack), ("forward_kernel", forward), ("head_tf", head), ("update_kernel", update)):
+        fn(*inputs[name][0])
+        t0 = time.perf_counter()
+        for args in inputs[name]:
+            out = fn(*args)
+        [x.numpy() for x in tf.nest.flatten(out)]
+        result[name] = round((time.perf_counter() - t0) / len(inputs[name]) * 1e3, 2)
+    return result
+
+
 def time_steps(fn, n_examples: int) -> dict:
     before = load()
     t0 = time.perf_counter()
@@ -239,7 +272,8 @@ def main(argv=None) -> dict:
     result["trace_s"] = round(time.perf_counter() - t0, 2)
     logs = {}
     result["a_production"] = time_steps(lambda: logs.update(trainer.train_epoch(batches)), n_rows)
-    result["a_production"].update(steps=len(batches), optimizer="adagrad", train_loss=round(float(logs["loss"]), 4),
+    result["a_production"].update(steps=len(batches), optimizer="adagrad", fused_step=trainer.fused is not None,
+                                  train_loss=round(float(logs["loss"]), 4),
                                   train_mae=round(float(logs["mae"]), 4))
     log(f"(a) production pipeline: {result['a_production']['examples_per_s'] / 1e6:.2f} M examples/s, "
         f"epoch {result['a_production']['seconds']:.1f}s, loss {logs['loss']:.4f} (load {load()})")
@@ -251,6 +285,10 @@ def main(argv=None) -> dict:
     result["b_in_memory"]["steps"] = len(tensors)
     log(f"(b) in-memory tensors: {result['b_in_memory']['examples_per_s'] / 1e6:.2f} M examples/s, "
         f"epoch {result['b_in_memory']['seconds']:.1f}s (load {load()})")
+
+    if trainer.fused is not None:
+        result["step_parts_ms"] = step_parts(trainer, tensors[:50], table)
+        log(f"step parts (ms a batch, mean of {len(tensors[:50])}): {result['step_parts_ms']}")
 
     # the input pipeline's share, (a) and (b) interleaved in blocks so that both see the same machine load
     production = cycle_batches(batches)
@@ -274,6 +312,9 @@ def main(argv=None) -> dict:
         lazy = SparseRatingTrainer(build_rating_model(n_users, n_anime, args.dim, args.seed),
                                    WarmupExpDecay(len(batches)), "lazy_adam")
         lazy.train_epoch(tensors[:3], table)
+        ops_step = SparseRatingTrainer(build_rating_model(n_users, n_anime, args.dim, args.seed),
+                                       WarmupExpDecay(len(batches)), "adagrad", fused_step=False)
+        ops_step.train_epoch(tensors[:3], table)
         rounds = max(1, min(args.paired_rounds, dense_steps))
         per_round = max(1, dense_steps // rounds)
         feeds = []
@@ -293,19 +334,24 @@ def main(argv=None) -> dict:
                                     sparse_block * args.batch_size),
             "lazy_adam_in_memory": (lambda: run_block(lazy, in_memory, sparse_block, table),
                                     sparse_block * args.batch_size),
+            "adagrad_tf_ops_in_memory": (lambda: run_block(ops_step, in_memory, sparse_block, table),
+                                         sparse_block * args.batch_size),
         }, rounds=rounds)
         c = result["c_dense_vs_sparse_paired"]
         c["dense_steps"], c["sparse_steps_each"] = rounds * per_round, rounds * sparse_block
         result["speedup_vs_dense"] = round(c["b_in_memory_adagrad"]["examples_per_s"]
                                            / c["c_dense_adam"]["examples_per_s"], 1)
+        result["fused_vs_tf_ops"] = round(c["b_in_memory_adagrad"]["examples_per_s"]
+                                          / c["adagrad_tf_ops_in_memory"]["examples_per_s"], 2)
         result["lazy_adam_vs_adagrad"] = round(c["lazy_adam_in_memory"]["examples_per_s"]
                                                / c["b_in_memory_adagrad"]["examples_per_s"], 2)
         log(f"(c) dense Keras Adam: {c['c_dense_adam']['examples_per_s'] / 1e6:.3f} M examples/s "
             f"({c['c_dense_adam']['seconds'] / c['dense_steps'] * 1e3:.0f} ms/step, {c['dense_steps']} steps) vs "
             f"adagrad {c['b_in_memory_adagrad']['examples_per_s'] / 1e6:.2f} and lazy_adam "
             f"{c['lazy_adam_in_memory']['examples_per_s'] / 1e6:.2f} M examples/s in the same rounds: "
-            f"x{result['speedup_vs_dense']} (load {load()})")
-        del feeds, dense, lazy
+            f"x{result['speedup_vs_dense']} (load {load()}); the same adagrad as TF ops (no fused kernels): "
+            f"{c['adagrad_tf_ops_in_memory']['examples_per_s'] / 1e6:.2f} M examples/s, fused x{result['fused_vs_tf_ops']}")
+        del feeds, dense, lazy, ops_step
     del tensors
 
     # 6. ranking objective (information) ---------------------------------------------------------------------
@@ -318,7 +364,8 @@ def main(argv=None) -> dict:
     result["targets"] = {"examples_per_s >= 1M (a)": result["a_production"]["examples_per_s"] >= 1e6,
                          "epoch < 60 s (a)": result["a_production"]["seconds"] < 60}
     result["input_pipeline_share"] = result["pipeline_share_paired"]["input_pipeline_share"]
-    log(json.dumps({k: result[k] for k in ("input_pipeline_share", "speedup_vs_dense", "lazy_adam_vs_adagrad",
+    log(json.dumps({k: result[k] for k in ("input_pipeline_share", "speedup_vs_dense", "fused_vs_tf_ops",
+                                           "lazy_adam_vs_adagrad",
                                            "targets") if k in result}))
     return write_results(args.out, {"throughput": result})
 

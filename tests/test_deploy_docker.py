@@ -126,6 +126,12 @@ def test_batch_image_carries_train_batch_and_dvc():
     assert "/opt/apache/beam/boot" in entry      # usable as Dataflow's --sdk_container_image
     env = " ".join(rest for word, rest in stages("Dockerfile.batch")[-1] if word == "ENV")
     assert "FUSERANK_PROJECT_DIR=/opt/fuserank" in env and "FUSERANK_WORKDIR=/work" in env
+    # the fused training step is built in the build stage (g++ there only) and its library carried over
+    assert "fused.load() is not None" in runs and "g++=" in runs
+    assert "FUSERANK_KERNEL_CACHE=/opt/fuserank-kernels" in env
+    final = stages("Dockerfile.batch")[-1]
+    assert ("COPY", "--from=build /opt/fuserank-kernels /opt/fuserank-kernels") in final
+    assert not any("g++" in rest for word, rest in final if word == "RUN")
 
 
 def _dockerignored(rel: str, patterns: list[str]) -> bool:

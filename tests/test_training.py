@@ -172,12 +172,15 @@ def test_hand_written_backward_matches_keras_gradients():
         assert float(mine) == pytest.approx(float(np.ravel(ref)[0]), rel=1e-4)
 
 
-def test_adagrad_updates_only_the_batch_rows_as_row_wise_adagrad():
+@pytest.mark.parametrize("fused_step", [True, False], ids=["fused", "tf-ops"])
+def test_adagrad_updates_only_the_batch_rows_as_row_wise_adagrad(fused_step):
     import tensorflow as tf
     from fuserank.training.dataset import RatingBatches
     from fuserank.training.model import ADAGRAD_EPSILON
     split = _take(_synthetic_split(n_users=400, n_anime=100, n=1000), slice(None))
-    trainer = _trainer("adagrad", n_users=400, n_anime=100, steps_per_epoch=3, embedding_learning_rate=0.2)
+    trainer = _trainer("adagrad", n_users=400, n_anime=100, steps_per_epoch=3, embedding_learning_rate=0.2,
+                       fused_step=fused_step)
+    assert (trainer.fused is not None) == fused_step
     batches = RatingBatches(split, 1000, shuffle=False)
     keys = next(iter(batches))
     w0 = [w.copy() for w in trainer.model.get_weights()[:2]]
@@ -205,6 +208,57 @@ def test_adagrad_updates_only_the_batch_rows_as_row_wise_adagrad():
         moved = np.abs(expected - w_before[rows]).max()
         np.testing.assert_allclose(w_after[rows], expected, atol=0.01 * moved)
         assert np.abs(w_after[rows] - w_before[rows]).max() > 0.5 * moved
+
+
+def test_fused_step_equals_the_tf_op_step_and_rejects_bad_ids():
+    """The C++ kernels (training/kernels) and the TF-op step are one algorithm: same weights, accumulators
+    and head after several unsorted batches with repeated rows; a read taken before a step keeps its values."""
+    import tensorflow as tf
+    from fuserank.training.dataset import RatingBatches
+    split = _synthetic_split(n_users=500, n_anime=80, n=6000, seed=2)
+    batches = RatingBatches(split, 1000, shuffle=True, seed=1)
+    keys = [tf.constant(np.random.default_rng(i).permutation(b.numpy())) for i, b in enumerate(batches)]
+    trainers = [_trainer("adagrad", n_users=500, n_anime=80, steps_per_epoch=6, fused_step=f) for f in (True, False)]
+    snapshot = trainers[0].users.weights.read_value()
+    before = snapshot.numpy().copy()
+    start = {name: getattr(trainers[0], name).weights.numpy().copy() for name in ("users", "anime")}
+    for trainer in trainers:
+        logs = trainer.train_epoch(keys, batches.rating_table)
+        assert np.isfinite(logs["loss"])
+    np.testing.assert_array_equal(snapshot.numpy(), before)            # copy-on-write, not torn in place
+    fused, ops = trainers
+    for name in ("users", "anime"):
+        mine, ref = getattr(fused, name), getattr(ops, name)
+        moved = np.abs(ref.weights.numpy() - start[name]).max()
+        assert moved > 0.01
+        np.testing.assert_allclose(mine.weights.numpy(), ref.weights.numpy(), atol=0.005 * moved)
+        np.testing.assert_allclose(mine.accumulator.numpy(), ref.accumulator.numpy(), rtol=0.01, atol=1e-9)
+    for mine, ref in zip(fused.head[:1] + fused.head[2:], ops.head[:1] + ops.head[2:]):   # the bias: Adam on noise
+        np.testing.assert_allclose(mine.numpy(), ref.numpy(), rtol=0.01, atol=1e-5)
+    bad = np.array([(600 << 32) | (3 << 8)], np.uint64)                   # user 600 of 500
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"users\[0\] = 600 is outside the table's 500 rows"):
+        fused._train(tf.constant(bad), tf.constant(batches.rating_table, tf.float32))
+
+
+def test_fused_step_builds_where_a_compiler_is(tmp_path, monkeypatch):
+    """Where g++ is (CI, the batch image) the kernels build; where it is not, training falls back, same update."""
+    import shutil
+    from fuserank.training import fused
+    if shutil.which("g++") is None:
+        pytest.skip("no g++ here: the fallback is what runs")
+    assert fused.load() is not None and fused.library_path().exists()
+    monkeypatch.setenv(fused.CACHE_ENV, str(tmp_path))
+    target = fused.library_path()
+    assert target.parent == tmp_path
+    fused.build(target)            # not loaded again: a second copy of the kernels in one process is refused
+    assert target.read_bytes()[:4] == b"\x7fELF" and list(tmp_path.iterdir()) == [target]
+    monkeypatch.setattr(fused, "_loaded", {})
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv(fused.CACHE_ENV, str(tmp_path / "other"))
+    assert fused.load() is None                                           # a failed build: the TF-op step
+    monkeypatch.setattr(fused, "_loaded", {})
+    monkeypatch.setenv(fused.DISABLE_ENV, "0")
+    assert fused.load() is None
 
 
 def test_lazy_adam_reproduces_keras_dense_adam():

@@ -14,6 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from fuserank.training import fused
+
 # The seed's schedule, tuned for ~5,000 steps per epoch (50M rows at batch 10,000).
 SEED_START_LR, SEED_MIN_LR, SEED_MAX_LR = 1e-5, 1e-5, 5e-5
 SEED_RAMPUP_EPOCHS, SEED_EXP_DECAY = 5, 0.8
@@ -284,7 +286,9 @@ class SparseRatingTrainer:
     -> BatchNormalization with batch statistics, moving averages at momentum 0.99 -> sigmoid, binary
     cross-entropy on the logit) and the backward pass is written by hand (per example the cosine's
     gradient is two scaled rows, so no [batch, dim] tensor is made that is not needed). The embeddings use
-    ``optimizer`` (see the comment above); the Dense/BatchNorm head uses Adam on ``schedule``.
+    ``optimizer`` (see the comment above); the Dense/BatchNorm head uses Adam on ``schedule``. With
+    ``adagrad`` the row work runs in two fused C++ kernels (`fused`, kernels/rowwise_adagrad.cc) around the
+    same `_head_backward`, unless they cannot be built here or ``fused_step=False``.
     A test checks the forward and gradients against Keras' own.
 
     Batches are uint64 key vectors (`dataset.RatingBatches`, `unpack_batch`). `train_epoch` / `evaluate`
@@ -292,7 +296,7 @@ class SparseRatingTrainer:
     """
 
     def __init__(self, model: keras.Model, schedule, optimizer: str = "adagrad",
-                 embedding_learning_rate: float = ADAGRAD_LR):
+                 embedding_learning_rate: float = ADAGRAD_LR, fused_step: bool = True):
         if optimizer not in SPARSE_OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {SPARSE_OPTIMIZERS}, got {optimizer!r}")
         self.model, self.schedule, self.optimizer = model, schedule, optimizer
@@ -312,6 +316,8 @@ class SparseRatingTrainer:
         self.sums = tf.Variable(tf.zeros(4, tf.float64), trainable=False, name="epoch_sums")  # loss, |e|, e^2, n
         self.alpha_sums = tf.Variable(tf.zeros(1), shape=tf.TensorShape([None]), trainable=False, name="alpha_sums")
         self.horizon = 0
+        # adagrad runs as two fused C++ ops when they can be built here (training/fused.py), else as TF ops
+        self.fused = fused.load() if optimizer == "adagrad" and fused_step else None
         make = (lambda w: _RowwiseAdagrad(w)) if optimizer == "adagrad" else (lambda w: _LazyAdam(w, self))
         self.users, self.anime = make(user_layer.embeddings.value), make(anime_layer.embeddings.value)
         specs = [tf.TensorSpec([None], tf.uint64), tf.TensorSpec([256], tf.float32)]
@@ -337,11 +343,19 @@ class SparseRatingTrainer:
         Returns (per-example loss, logits, batch mean, batch variance, user grad, anime grad, head grads):
         the embedding gradients are per example of the summed loss (`_RowGrad`), the head's of the mean loss.
         """
-        kernel, bias, gamma, beta = (tf.reshape(tf.convert_to_tensor(h), []) for h in self.head)
-        n = tf.cast(tf.shape(y)[0], tf.float32)
         uu = tf.reduce_sum(u * u, 1) if uu is None else uu
         aa = tf.reduce_sum(a * a, 1) if aa is None else aa
-        ua = tf.reduce_sum(u * a, 1)
+        loss, logits, mean, var, c, d_u, d_a, sq_u, sq_a, head_grads = self._head_backward(
+            uu, aa, tf.reduce_sum(u * a, 1), y)
+        n = tf.cast(tf.shape(y)[0], tf.float32)
+        return (loss, logits, mean, var, _RowGrad(c, a, d_u, u, sq_u, n), _RowGrad(c, u, d_a, a, sq_a, n), head_grads)
+
+    def _head_backward(self, uu, aa, ua, y):
+        """Everything of the step that needs only the per-example scalars |u|^2, |a|^2, u.a: the head's
+        forward and backward, and the embedding gradients' factors. A user row's per-example gradient (of
+        the summed loss) is c a - d_u u, an anime row's c u - d_a a; sq_* is each one's mean square."""
+        kernel, bias, gamma, beta = (tf.reshape(tf.convert_to_tensor(h), []) for h in self.head)
+        n = tf.cast(tf.shape(y)[0], tf.float32)
         inv_u = tf.minimum(tf.math.rsqrt(uu), 1.0 / KERAS_NORM_EPSILON)
         inv_a = tf.minimum(tf.math.rsqrt(aa), 1.0 / KERAS_NORM_EPSILON)
         cos = ua * inv_u * inv_a
@@ -362,7 +376,7 @@ class SparseRatingTrainer:
         dim = float(self.dim)
         sq_u = tf.maximum(c * c * aa + d_u * d_u * uu - 2.0 * c * d_u * ua, 0.0) / dim
         sq_a = tf.maximum(c * c * uu + d_a * d_a * aa - 2.0 * c * d_a * ua, 0.0) / dim
-        return (loss, logits, mean, var, _RowGrad(c, a, d_u, u, sq_u, n), _RowGrad(c, u, d_a, a, sq_a, n), head_grads)
+        return loss, logits, mean, var, c, d_u, d_a, sq_u, sq_a, head_grads
 
     def _accumulate(self, y, logits, loss):
         err = tf.sigmoid(logits) - y
@@ -380,13 +394,21 @@ class SparseRatingTrainer:
     def _train_step(self, keys, rating_table):
         user, anime, y = unpack_batch(keys, rating_table)
         t, alpha, shape = self._alpha()
-        u, uu, user_ctx = self.users.lookup(user, t)
-        a, aa, anime_ctx = self.anime.lookup(anime, t)
-        loss, logits, mean, var, grad_u, grad_a, head_grads = self.forward_backward(u, a, y, uu, aa)
+        if self.fused is not None:
+            uw, aw = self.users.weights, self.anime.weights
+            uu, aa, ua = self.fused.fuse_rank_cosine_rows(uw.handle, aw.handle, user, anime)
+            loss, logits, mean, var, c, d_u, d_a, sq_u, sq_a, head_grads = self._head_backward(uu, aa, ua, y)
+            self.fused.fuse_rank_rowwise_adagrad(
+                uw.handle, self.users.accumulator.handle, aw.handle, self.anime.accumulator.handle, user, anime,
+                c, d_u, d_a, sq_u, sq_a, self.embedding_learning_rate * shape, epsilon=self.users.epsilon)
+        else:
+            u, uu, user_ctx = self.users.lookup(user, t)
+            a, aa, anime_ctx = self.anime.lookup(anime, t)
+            loss, logits, mean, var, grad_u, grad_a, head_grads = self.forward_backward(u, a, y, uu, aa)
+            step = self.embedding_learning_rate * shape if self.optimizer == "adagrad" else alpha
+            self.users.apply(user_ctx, grad_u, t, step)
+            self.anime.apply(anime_ctx, grad_a, t, step)
         self._accumulate(y, logits, loss)
-        step = self.embedding_learning_rate * shape if self.optimizer == "adagrad" else alpha
-        self.users.apply(user_ctx, grad_u, t, step)
-        self.anime.apply(anime_ctx, grad_a, t, step)
         for var_, m, v, g in zip(self.head, self.head_m, self.head_v, head_grads):
             g = tf.reshape(g, tf.shape(var_))
             m.assign_add((g - m) * (1.0 - self.beta_1))
