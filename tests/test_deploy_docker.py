@@ -173,6 +173,20 @@ def test_base_install_is_the_serving_stack():
     assert not names & {"tensorflow", "tensorflow-cpu", "apache-beam", "dvc", "comet-ml", "matplotlib"}
 
 
+def test_installed_package_carries_its_data_files(tmp_path):
+    """What the images install is a built wheel (pip install "./[...]"), not this checkout: the files read at
+    run time beside the code (the kernel source the batch image compiles, schemas, web assets) must be in it."""
+    import zipfile
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("fuserank-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "fuserank/training/kernels/rowwise_adagrad.cc" in names and "fuserank/training/fused.py" in names
+    assert any(n.startswith("fuserank/schemas/") and n.endswith(".json") for n in names)
+    assert any(n.startswith("fuserank/api/templates/") for n in names)
+
+
 BLOCKER = """
 import importlib.abc, sys
 BLOCKED = {blocked!r}
