@@ -176,11 +176,17 @@ def test_base_install_is_the_serving_stack():
 def test_installed_package_carries_its_data_files(tmp_path):
     """What the images install is a built wheel (pip install "./[...]"), not this checkout: the files read at
     run time beside the code (the kernel source the batch image compiles, schemas, web assets) must be in it."""
+    import shutil
     import zipfile
+    src = tmp_path / "src"       # a copy: building writes build/ and *.egg-info beside setup.py
+    src.mkdir()
+    shutil.copy(ROOT / "setup.py", src)
+    for folder in ("fuserank", "training", "batch", "api", "schemas", "evaluation"):
+        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+                           "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    (wheel,) = tmp_path.glob("fuserank-*.whl")
+    (wheel,) = (tmp_path / "dist").glob("fuserank-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "fuserank/training/kernels/rowwise_adagrad.cc" in names and "fuserank/training/fused.py" in names
     assert any(n.startswith("fuserank/schemas/") and n.endswith(".json") for n in names)
