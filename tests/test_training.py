@@ -240,6 +240,20 @@ def test_fused_step_equals_the_tf_op_step_and_rejects_bad_ids():
         fused._train(tf.constant(bad), tf.constant(batches.rating_table, tf.float32))
 
 
+def test_fused_update_refuses_misuse_with_an_error_not_a_crash():
+    import tensorflow as tf
+    trainer = _trainer("adagrad", n_users=10, n_anime=5)
+    u, a = trainer.users, trainer.anime
+    ids, vec = tf.constant([0, 1], tf.int32), tf.constant([0.1, 0.2])
+    args = (ids, ids, vec, vec, vec, vec, vec)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="lr must be a scalar"):
+        trainer.fused.fuse_rank_rowwise_adagrad(u.weights.handle, u.accumulator.handle, a.weights.handle,
+                                                a.accumulator.handle, *args, [0.1, 0.1], epsilon=1e-8)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="four variables"):
+        trainer.fused.fuse_rank_rowwise_adagrad(u.weights.handle, u.accumulator.handle, u.weights.handle,
+                                                a.accumulator.handle, *args, 0.1, epsilon=1e-8)
+
+
 def test_fused_step_builds_where_a_compiler_is(tmp_path, monkeypatch):
     """Where g++ is (CI, the batch image) the kernels build; where it is not, training falls back, same update."""
     import shutil

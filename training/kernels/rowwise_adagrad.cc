@@ -198,6 +198,12 @@ class RowwiseAdagradOp : public OpKernel {
     for (int i = 5; i < 11; ++i)
       OP_REQUIRES(ctx, ctx->input(i).dims() == 1 && ctx->input(i).NumElements() == n,
                   errors::InvalidArgument("input ", i, " must be a vector of the batch's length ", n));
+    OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(ctx->input(11).shape()),
+                errors::InvalidArgument("lr must be a scalar, got shape ", ctx->input(11).shape().DebugString()));
+    for (int i = 0; i < 4; ++i)
+      for (int j = i + 1; j < 4; ++j)
+        OP_REQUIRES(ctx, vars[i].get() != vars[j].get(),
+                    errors::InvalidArgument("the two tables and two accumulators must be four variables"));
     mutex_lock guard(mu_);
     mutex_lock l0(*vars[0]->mu()), l1(*vars[1]->mu()), l2(*vars[2]->mu()), l3(*vars[3]->mu());
     Batch b;
