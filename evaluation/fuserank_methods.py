@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from fuserank.artifacts import ModelArtifact
-from fuserank.config import HybridSettings
+from fuserank.config import RANKING, HybridSettings
 from fuserank.evaluation.protocol import Split, validation_split
 from fuserank.scorer import HybridScorer
 from fuserank.similarity import l2_normalise
@@ -27,10 +27,10 @@ class TrainOptions:
     epochs: int = 150
     embedding_dim: int = 128
     patience: int = 10
-    temperature: float = 0.15
-    positive_weight: float = 2.0
-    low_weight: float = 0.5
-    low_threshold: int = 5
+    temperature: float = RANKING.temperature
+    positive_weight: float = RANKING.positive_weight
+    low_weight: float = RANKING.low_weight
+    low_threshold: int = RANKING.low_threshold
     refit_full: bool = True
 
 

@@ -22,8 +22,8 @@ import os
 import sys
 from urllib.parse import urlsplit, urlunsplit
 
-from fuserank.config import (OTHER_SECTIONS, PARAMS_ENV, PARAMS_FLAG, HybridSettings, SettingsError, env_names,
-                             env_value, load_params, params_path, parse_bool)
+from fuserank.config import (OTHER_SECTIONS, PARAMS_ENV, PARAMS_FLAG, RANKING, HybridSettings, SettingsError,
+                             env_names, env_value, load_params, params_path, parse_bool)
 from fuserank.errors import FuseRankError
 from fuserank.inspect import cmd_inspect
 
@@ -276,13 +276,13 @@ def cmd_train(argv):
     p.add_argument("--batch-size", type=_int_in(1), default=10_000, help="upper bound; shrunk on small data")
     p.add_argument("--patience", type=_int_in(1), default=None,
                    help="early-stopping patience in epochs; default 3 for rating, 10 for ranking")
-    p.add_argument("--temperature", type=_positive_float, default=0.15,
+    p.add_argument("--temperature", type=_positive_float, default=RANKING.temperature,
                    help="ranking: softmax temperature on the cosine logits")
-    p.add_argument("--positive-weight", type=_positive_float, default=2.0,
+    p.add_argument("--positive-weight", type=_positive_float, default=RANKING.positive_weight,
                    help="ranking: weight of ratings >= 8 relative to other ratings")
-    p.add_argument("--low-weight", type=_positive_float, default=0.5,
+    p.add_argument("--low-weight", type=_positive_float, default=RANKING.low_weight,
                    help="ranking: weight of ratings <= --low-threshold (watched, disliked) relative to other ratings")
-    p.add_argument("--low-threshold", type=_int_in(0, 10), default=5,
+    p.add_argument("--low-threshold", type=_int_in(0, 10), default=RANKING.low_threshold,
                    help="ranking: ratings at or below this get --low-weight (0: none)")
     p.add_argument("--optimizer", choices=["adagrad", "lazy_adam", "adam"], default=None,
                    help="rating: adagrad (default; row-wise, updates only the batch's embedding rows), lazy_adam "

@@ -39,6 +39,20 @@ TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
+class RankingObjective:
+    """The ranking objective's defaults (chosen on the 2020 validation carve), one place for `fuserank train`'s
+    flags, `training.train.fit` and the offline evaluation's `TrainOptions`."""
+
+    temperature: float = 0.15     # softmax temperature on the cosine logits
+    positive_weight: float = 2.0  # weight of a rating >= the like threshold (8)
+    low_weight: float = 0.5       # weight of a rating <= low_threshold (watched, disliked)
+    low_threshold: int = 5
+
+
+RANKING = RankingObjective()
+
+
+@dataclass(frozen=True)
 class HybridSettings:
     """Knobs of the two-stage hybrid (see fuserank.scorer); part of the list version hash."""
 

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from fuserank.config import RANKING
 from fuserank.errors import FuseRankError
 from fuserank.training import dataset
 from fuserank.training.export import export_artifact
@@ -160,8 +161,9 @@ def _check_options(objective: str, optimizer: str | None) -> str:
 def fit(train_s: dataset.SplitArrays, val_s: dataset.SplitArrays | None, n_users: int, n_anime: int,
         objective: str = "rating", embedding_dim: int = 128, seed: int = 0, epochs: int = 20,
         batch_size: int = 10_000, patience: int = 3, checkpoint_path: str | None = None, experiment=None,
-        temperature: float = 0.15, positive_weight: float = 2.0, like_threshold: int = 8,
-        low_weight: float = 0.5, low_threshold: int = 5, optimizer: str | None = None) -> FitResult:
+        temperature: float = RANKING.temperature, positive_weight: float = RANKING.positive_weight,
+        like_threshold: int = 8, low_weight: float = RANKING.low_weight, low_threshold: int = RANKING.low_threshold,
+        optimizer: str | None = None) -> FitResult:
     """Train one model on in-memory splits (used by `train` and by the offline evaluation).
 
     ``rating``: the seed's per-rating regression, batches of ratings. ``ranking``: softmax over all
