@@ -178,11 +178,10 @@ def step_parts(trainer, tensors, table) -> dict:
                                                 0.0, epsilon=trainer.users.epsilon)
         return tf.constant(0)
 
-    inputs = {"unpack": [(k,) for k in tensors]}
-    inputs["forward_kernel"] = [u_a for u_a in (unpack(*x)[:2] for x in inputs["unpack"])]
-    ys = [unpack(*x)[2] for x in inputs["unpack"]]
-    inputs["head_tf"] = [(*forward(*x), y) for x, y in zip(inputs["forward_kernel"], ys)]
-    inputs["update_kernel"] = [(*x, *head(*h)[4:9]) for x, h in zip(inputs["forward_kernel"], inputs["head_tf"])]
+    unpacked = [unpack(k) for k in tensors]
+    inputs = {"unpack": [(k,) for k in tensors], "forward_kernel": [(u, a) for u, a, _ in unpacked]}
+    inputs["head_tf"] = [(*forward(u, a), y) for u, a, y in unpacked]
+    inputs["update_kernel"] = [(u, a, *head(*h)[4:9]) for (u, a, _), h in zip(unpacked, inputs["head_tf"])]
     result = {}
     for name, fn in (("unpack", unpack), ("forward_kernel", forward), ("head_tf", head), ("update_kernel", update)):
         fn(*inputs[name][0])
