@@ -176,12 +176,15 @@ def test_base_install_is_the_serving_stack():
 def test_installed_package_carries_its_data_files(tmp_path):
     """What the images install is a built wheel (pip install "./[...]"), not this checkout: the files read at
     run time beside the code (the kernel source the batch image compiles, schemas, web assets) must be in it."""
+    import ast
     import shutil
     import zipfile
     src = tmp_path / "src"       # a copy: building writes build/ and *.egg-info beside setup.py
     src.mkdir()
     shutil.copy(ROOT / "setup.py", src)
-    for folder in ("fuserank", "training", "batch", "api", "schemas", "evaluation"):
+    units = next(ast.literal_eval(node.value) for node in ast.parse((ROOT / "setup.py").read_text()).body
+                 if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "UNITS")
+    for folder in ("fuserank", *units):
         shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                            "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
