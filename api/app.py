@@ -1,8 +1,10 @@
 """Flask application factory: the service lives on the app, routes in blueprints, errors as JSON.
 
 Besides the API blueprints the app carries the web page (fuserank.api.web, at ``/``) and the
-Prometheus metrics (fuserank.api.metrics: per-request hooks and ``GET /metrics``). Its log lines carry
-the loaded model version and the list version being served (read from the service's cached pointer).
+Prometheus metrics (fuserank.api.metrics: per-request hooks and ``GET /metrics``). In front of Flask sits
+the hot route (fuserank.api.hotpath): the plain ``GET /v1/users/<id>/recommendations[?n=K]`` is answered
+without Flask's dispatch, everything else passes through. Its log lines carry the loaded model version
+and the list version being served (read from the service's cached pointer).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from flask import Flask
 
 from fuserank import logs
 from fuserank.api import errors, metrics, web
+from fuserank.api.hotpath import HotRoute
 from fuserank.api.routes import health, recommendations
 from fuserank.api.service import RecommendationService
 from fuserank.config import HybridSettings
@@ -25,8 +28,10 @@ def _served(service, field: str):
 
 
 def create_app(model_dir: str, redis_url: str, settings: HybridSettings | None = None,
-               service: RecommendationService | None = None, instrument: bool = True) -> Flask:
-    """``instrument=False`` leaves out the metrics hooks and ``/metrics`` (the serving benchmark's A/B)."""
+               service: RecommendationService | None = None, instrument: bool = True,
+               hot_route: bool = True) -> Flask:
+    """``instrument=False`` leaves out the metrics hooks and ``/metrics``; ``hot_route=False`` sends every
+    request through Flask's dispatch (fuserank.api.hotpath; both are the serving benchmark's A/Bs)."""
     app = Flask("fuserank", static_folder=None)  # the web blueprint serves /static
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False)
     app.json.sort_keys = False
@@ -39,8 +44,9 @@ def create_app(model_dir: str, redis_url: str, settings: HybridSettings | None =
     app.register_blueprint(health)
     web.register(app)
     errors.register(app)
-    if instrument:
-        metrics.install(app, service)
+    recorder = metrics.install(app, service) if instrument else None
+    if hot_route:
+        app.wsgi_app = HotRoute(app.wsgi_app, service, recorder)
     logs.provide("model_version", _served(service, "model_version"))   # follows version switches
     logs.provide("list_version", _served(service, "list_version"))
     return app

@@ -238,6 +238,19 @@ class ApiMetrics:
         if self._flusher is None:
             self._start_flusher()
 
+    def request_done(self, route: str, method: str, status: int, source: str, degraded: bool, seconds: float,
+                     full_path) -> None:
+        """Tally one answered request; log it when it failed, at debug level, or when sampled.
+
+        ``full_path()`` gives the path and query for the log line: only called when the line is written."""
+        self.observe(route, method, status, source, degraded, seconds)
+        sample = self.sample
+        if status >= 500 or (sample and random.random() < sample) or request_log.isEnabledFor(logging.DEBUG):
+            level = logging.ERROR if status >= 500 else (logging.DEBUG if not sample else logging.INFO)
+            request_log.log(level, "%s %s %d %.1f ms", method, full_path().rstrip("?"), status, seconds * 1e3,
+                            extra={"fields": {"method": method, "route": route, "status": status,
+                                              "ms": round(seconds * 1e3, 2), "source": source, "degraded": degraded}})
+
     def _start_flusher(self) -> None:
         with self._lock:
             if self._flusher is not None:
@@ -326,28 +339,14 @@ def install(app, service) -> ApiMetrics:
     metrics = ApiMetrics(service)
     metrics.count_redis_errors(service)
     app.extensions["fuserank_metrics"] = metrics
-    sample = metrics.sample
-    observe = metrics.observe
-    rand = random.random
-    debug = logging.DEBUG
-
     def _after(response):
         req = request._get_current_object()
         t0 = req.environ.get("fuserank.t0")
-        seconds = perf_counter() - t0 if t0 is not None else 0.0
         ctx = g._get_current_object().__dict__
         rule = req.url_rule
-        route = rule.rule if rule is not None else "unmatched"
-        source = ctx.get("answer_source") or "none"
-        degraded = bool(ctx.get("degraded"))
-        status = response.status_code
-        observe(route, req.method, status, source, degraded, seconds)
-        if status >= 500 or request_log.isEnabledFor(debug) or (sample and rand() < sample):
-            level = logging.ERROR if status >= 500 else (logging.DEBUG if not sample else logging.INFO)
-            request_log.log(level, "%s %s %d %.1f ms", req.method, req.full_path.rstrip("?"), status,
-                            seconds * 1e3, extra={"fields": {
-                                "method": req.method, "route": route, "status": status,
-                                "ms": round(seconds * 1e3, 2), "source": source, "degraded": degraded}})
+        metrics.request_done(rule.rule if rule is not None else "unmatched", req.method, response.status_code,
+                             ctx.get("answer_source") or "none", bool(ctx.get("degraded")),
+                             perf_counter() - t0 if t0 is not None else 0.0, lambda: req.full_path)
         return response
 
     def metrics_view():

@@ -333,8 +333,9 @@ def test_low_activity_users_come_from_the_artifact_not_the_raw_file(trained_mode
 
 
 def test_routes_record_the_answer_source_for_metrics(trained_model, api_redis_url, published):
+    """Through Flask's dispatch (the hot route reports the source itself: tests/test_hotpath.py)."""
     import flask
-    app = create_app(trained_model[0], api_redis_url)
+    app = create_app(trained_model[0], api_redis_url, hot_route=False)
     seen = []
     app.after_request(lambda r: seen.append((flask.g.get("answer_source"), flask.g.get("degraded"))) or r)
     c = app.test_client()

@@ -62,7 +62,9 @@ def scrape(client) -> dict:
     return samples(r.get_data(as_text=True))
 
 
-def test_requests_are_counted_by_route_source_and_status(client):
+@pytest.mark.parametrize("hot_route", [True, False], ids=["hot-route", "flask-dispatch"])
+def test_requests_are_counted_by_route_source_and_status(model_dir, metrics_redis, published, hot_route):
+    client = create_app(model_dir, metrics_redis, hot_route=hot_route).test_client()
     before = scrape(client)
     for _ in range(3):
         assert client.get("/v1/users/100/recommendations?n=5").get_json()["source"] == "precomputed"
