@@ -13,9 +13,7 @@ from __future__ import annotations
 import re
 from time import perf_counter
 
-from fuserank.api.routes import MAX_ID, MAX_N
-
-ROUTE = "/v1/users/<user_id>/recommendations"        # the Flask rule: the metrics' route label
+from fuserank.api.routes import MAX_ID, MAX_N, USER_RECOMMENDATIONS
 _PATH = re.compile(r"/v1/users/([0-9]{1,19})/recommendations")
 _QUERY = re.compile(r"(?:n=([0-9]{1,3}))?")
 
@@ -42,7 +40,7 @@ class HotRoute:
                     start_response("200 OK", [("Content-Type", "application/json"),
                                               ("Content-Length", str(len(body)))])
                     if self.metrics is not None:
-                        self.metrics.request_done(ROUTE, "GET", 200, answer.source, answer.degraded,
+                        self.metrics.request_done(USER_RECOMMENDATIONS, "GET", 200, answer.source, answer.degraded,
                                                   perf_counter() - t0, lambda: _full_path(environ))
                     return [body]
         return self.wsgi_app(environ, start_response)

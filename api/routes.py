@@ -40,6 +40,7 @@ DEFAULT_RATE_LIMIT = 60
 DEFAULT_RATE_WINDOW_S = 60
 
 recommendations = Blueprint("recommendations", __name__, url_prefix="/v1")
+USER_RECOMMENDATIONS = "/v1/users/<user_id>/recommendations"     # also fuserank.api.hotpath's route label
 health = Blueprint("health", __name__)
 
 
@@ -140,7 +141,7 @@ def parse_filters(args) -> Filters:
     return Filters(exclude, _names(args, "genre"), _names(args, "type"))
 
 
-@recommendations.get("/users/<user_id>/recommendations")
+@recommendations.get(USER_RECOMMENDATIONS.removeprefix(recommendations.url_prefix))
 def user_recommendations(user_id: str):
     uid, args = parse_id("user_id", user_id), request.args
     n, live, adult = parse_n(args), parse_source(args), parse_bool(args, "include_adult")

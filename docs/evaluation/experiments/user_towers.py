@@ -118,5 +118,6 @@ for seed in [int(s) for s in a.seeds.split(",")]:
     best_epoch = max(hist, key=lambda x: x[1])[0]
     users, anime, _ = train(weights(view.train), seed, best_epoch)
     results.append(evaluate_model(Own(users, anime), view)["ndcg@10"])
-    print(f"carve seed {seed}: best epoch {best_epoch}, validation NDCG@10 {results[-1]:.4f} ({time.time() - t0:.0f} s)")
+    print(f"carve seed {seed}: best epoch {best_epoch}, validation NDCG@10 {results[-1]:.4f} "
+          f"({time.time() - t0:.0f} s)")
 print(f"mean validation NDCG@10 {np.mean(results):.4f}", {k: v for k, v in vars(a).items() if k != "path"})
