@@ -13,7 +13,8 @@ from __future__ import annotations
 import re
 from time import perf_counter
 
-from fuserank.api.routes import MAX_ID, MAX_N, USER_RECOMMENDATIONS
+from fuserank.api.routes import DEFAULT_N, MAX_ID, MAX_N, USER_RECOMMENDATIONS
+
 _PATH = re.compile(r"/v1/users/([0-9]{1,19})/recommendations")
 _QUERY = re.compile(r"(?:n=([0-9]{1,3}))?")
 
@@ -30,7 +31,7 @@ class HotRoute:
             path = _PATH.fullmatch(environ.get("PATH_INFO", ""))
             query = _QUERY.fullmatch(environ.get("QUERY_STRING", "")) if path else None
             if query:
-                uid, n = int(path[1]), int(query[1] or 10)
+                uid, n = int(path[1]), int(query[1] or DEFAULT_N)
                 if uid <= MAX_ID and 1 <= n <= MAX_N:
                     try:
                         answer = self.service.user_recommendations(uid, n)

@@ -29,6 +29,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from fuserank.api.errors import BadParameter, TooManyRequests, Unauthorized
 from fuserank.api.service import NO_FILTERS, Filters
 
+DEFAULT_N = 10
 MAX_N = 200
 MAX_ID = 2**63 - 1
 MAX_RATINGS = 1000
@@ -94,7 +95,7 @@ def _arg(args, name: str, default: str | None = None) -> str | None:
 
 
 def parse_n(args) -> int:
-    raw = _arg(args, "n", "10")
+    raw = _arg(args, "n", str(DEFAULT_N))
     if not _UINT.fullmatch(raw) or not 1 <= int(raw) <= MAX_N:
         raise BadParameter("n", f"must be an integer in 1..{MAX_N}, got {raw[:40]!r}")
     return int(raw)
