@@ -6,7 +6,8 @@
 
 ``free``: a learned row per user (the served ranking model, re-implemented in plain TF for the knobs).
 ``history``: the user vector is normalise(weights of the user's train ratings @ Q), a second anime table
-(Mult-DAE-like, ``--dropout`` of the input entries per step). Both: cosine / temperature softmax over all
+(Mult-DAE-like, ``--dropout`` of the input entries per step). ``both``: the sum of the two (SVD++-like:
+a learned row plus the history term, ``--hist-scale`` times the history term's mean row). Both: cosine / temperature softmax over all
 anime, a rating counting ``--pw`` when >= 8 and ``--lw`` when <= 5. The epoch count is picked on an inner
 carve of the carve's train part (NDCG@10 every ``--every`` epochs), then the model is refit on the whole
 carve train part and scored by its own cosine. Results: README.md, "Reading it".
@@ -26,7 +27,7 @@ from fuserank.evaluation.tune import validation_view
 p = argparse.ArgumentParser()
 p.add_argument("path")
 p.add_argument("--seeds", default="0")
-p.add_argument("--tower", choices=["free", "history"], default="free")
+p.add_argument("--tower", choices=["free", "history", "both"], default="free")
 p.add_argument("--temperature", type=float, default=0.15)
 p.add_argument("--epochs", type=int, default=80)
 p.add_argument("--lr", type=float, default=3e-3)
@@ -35,6 +36,7 @@ p.add_argument("--pw", type=float, default=2.0)
 p.add_argument("--lw", type=float, default=0.5)
 p.add_argument("--dropout", type=float, default=0.5, help="history: share of input entries dropped per step")
 p.add_argument("--tied", action="store_true", help="history: one anime table for input and output")
+p.add_argument("--hist-scale", type=float, default=1.0, help="both: weight of the history term")
 p.add_argument("--wd", type=float, default=0.0, help="free: AdamW weight decay")
 p.add_argument("--udrop", type=float, default=0.0, help="free: dropout on the user vector")
 p.add_argument("--idrop", type=float, default=0.0, help="free: share of target entries dropped per step")
@@ -67,24 +69,32 @@ def train(X, seed, epochs, val=None):
     n_users, n_items = X.shape
     dense = X.toarray()
     out = tf.Variable(tf.random.normal((n_items, 128), stddev=0.1, seed=seed))
-    if a.tower == "free":
-        inp = tf.Variable(tf.random.normal((n_users, 128), stddev=0.1, seed=seed + 1))
-    else:
-        inp = out if a.tied else tf.Variable(tf.random.normal((n_items, 128), stddev=0.1, seed=seed + 1))
-    variables = [inp] if inp is out else [inp, out]
+    rows = tf.Variable(tf.random.normal((n_users, 128), stddev=0.1, seed=seed + 1)) if a.tower != "history" else None
+    hist_seed = seed + (1 if a.tower == "history" else 2)
+    hist_table = out if a.tied else tf.Variable(tf.random.normal((n_items, 128), stddev=0.1, seed=hist_seed))
+    counts = np.maximum(np.asarray(X.sum(axis=1)).ravel(), 1e-9).astype(np.float32)
+    variables = {"free": [rows, out], "history": [hist_table] if a.tied else [hist_table, out],
+                 "both": [rows, out] if a.tied else [rows, hist_table, out]}[a.tower]
     opt = tf.keras.optimizers.AdamW(a.lr, weight_decay=a.wd) if a.wd else tf.keras.optimizers.Adam(a.lr)
+
+    counts_t = tf.constant(counts)
 
     @tf.function
     def step(idx, xb):
         with tf.GradientTape() as tape:
-            if a.tower == "free":
-                u = tf.gather(inp, idx)
+            target = xb
+            if a.tower != "history":
+                u = tf.gather(rows, idx)
                 if a.udrop:
                     u = tf.nn.dropout(u, a.udrop)
-                target = xb * tf.cast(tf.random.uniform(tf.shape(xb)) >= a.idrop, tf.float32) if a.idrop else xb
-            else:
-                u = tf.matmul(xb * tf.cast(tf.random.uniform(tf.shape(xb)) >= a.dropout, tf.float32), inp)
-                target = xb
+                if a.idrop:
+                    target = xb * tf.cast(tf.random.uniform(tf.shape(xb)) >= a.idrop, tf.float32)
+            if a.tower != "free":
+                h = tf.matmul(xb * tf.cast(tf.random.uniform(tf.shape(xb)) >= a.dropout, tf.float32), hist_table)
+                if a.tower == "history":
+                    u = h
+                else:
+                    u = u + a.hist_scale * h / tf.gather(counts_t, idx)[:, None]
             logits = tf.matmul(tf.math.l2_normalize(u, axis=1), tf.math.l2_normalize(out, axis=1),
                                transpose_b=True) / a.temperature
             loss = -tf.reduce_sum(target * tf.nn.log_softmax(logits, axis=1))
@@ -92,7 +102,12 @@ def train(X, seed, epochs, val=None):
         opt.apply_gradients(zip(grads, variables))
 
     def users_now():
-        return inp.numpy() if a.tower == "free" else X @ inp.numpy()
+        if a.tower == "free":
+            return rows.numpy()
+        h = X @ hist_table.numpy()
+        if a.tower == "history":
+            return h
+        return rows.numpy() + a.hist_scale * (1 - a.dropout) * h / counts[:, None]
 
     rng = np.random.default_rng(seed)
     active = np.flatnonzero(np.diff(X.indptr))
