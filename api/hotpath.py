@@ -13,10 +13,10 @@ from __future__ import annotations
 import re
 from time import perf_counter
 
-from fuserank.api.routes import DEFAULT_N, MAX_ID, MAX_N, USER_RECOMMENDATIONS
+from fuserank.api.routes import DEFAULT_N, MAX_ID, MAX_N, UINT, USER_RECOMMENDATIONS
 
-_PATH = re.compile(r"/v1/users/([0-9]{1,19})/recommendations")
-_QUERY = re.compile(r"(?:n=([0-9]{1,3}))?")
+_PATH = re.compile(re.escape(USER_RECOMMENDATIONS).replace(re.escape("<user_id>"), f"({UINT.pattern})"))
+_QUERY = re.compile(f"(?:n=({UINT.pattern}))?")
 
 
 class HotRoute:

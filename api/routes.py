@@ -35,7 +35,7 @@ MAX_ID = 2**63 - 1
 MAX_RATINGS = 1000
 MAX_EXCLUDE = 1000
 MAX_FILTER_NAMES = 50
-_UINT = re.compile(r"[0-9]{1,19}")
+UINT = re.compile(r"[0-9]{1,19}")      # an id or count as the routes accept it (also the hot route's)
 API_KEY_HEADER = "X-API-Key"
 DEFAULT_RATE_LIMIT = 60
 DEFAULT_RATE_WINDOW_S = 60
@@ -82,7 +82,7 @@ def _answered(answer) -> None:
 
 
 def parse_id(name: str, raw: str) -> int:
-    if not _UINT.fullmatch(raw) or int(raw) > MAX_ID:
+    if not UINT.fullmatch(raw) or int(raw) > MAX_ID:
         raise BadParameter(name, f"must be a non-negative integer, got {raw[:40]!r}")
     return int(raw)
 
@@ -96,7 +96,7 @@ def _arg(args, name: str, default: str | None = None) -> str | None:
 
 def parse_n(args) -> int:
     raw = _arg(args, "n", str(DEFAULT_N))
-    if not _UINT.fullmatch(raw) or not 1 <= int(raw) <= MAX_N:
+    if not UINT.fullmatch(raw) or not 1 <= int(raw) <= MAX_N:
         raise BadParameter("n", f"must be an integer in 1..{MAX_N}, got {raw[:40]!r}")
     return int(raw)
 
@@ -135,7 +135,7 @@ def parse_filters(args) -> Filters:
     raw = _arg(args, "exclude")
     if raw is not None:
         parts = raw.split(",")
-        if len(parts) > MAX_EXCLUDE or not all(_UINT.fullmatch(p) and int(p) <= MAX_ID for p in parts):
+        if len(parts) > MAX_EXCLUDE or not all(UINT.fullmatch(p) and int(p) <= MAX_ID for p in parts):
             raise BadParameter("exclude", f"must be 1..{MAX_EXCLUDE} comma-separated non-negative anime ids, "
                                           f"got {raw[:40]!r}")
         exclude = tuple(int(p) for p in parts)
