@@ -166,16 +166,13 @@ def step_parts(trainer, tensors, table) -> dict:
     part run alone over all the given batches on inputs made beforehand (the update with lr 0)."""
     import tensorflow as tf
     from fuserank.training.model import unpack_batch
-    uw, aw = trainer.users.weights, trainer.anime.weights
     unpack = tf.function(lambda k: unpack_batch(k, table))
-    forward = tf.function(lambda u, a: trainer.fused.fuse_rank_cosine_rows(uw.handle, aw.handle, u, a))
+    forward = tf.function(trainer.fused_cosine_rows)
     head = tf.function(trainer._head_backward)
 
     @tf.function
     def update(u, a, c, d_u, d_a, sq_u, sq_a):
-        trainer.fused.fuse_rank_rowwise_adagrad(uw.handle, trainer.users.accumulator.handle, aw.handle,
-                                                trainer.anime.accumulator.handle, u, a, c, d_u, d_a, sq_u, sq_a,
-                                                0.0, epsilon=trainer.users.epsilon)
+        trainer.fused_update(u, a, c, d_u, d_a, sq_u, sq_a, 0.0)
         return tf.constant(0)
 
     unpacked = [unpack(k) for k in tensors]

@@ -391,16 +391,23 @@ class SparseRatingTrainer:
         shape = lr / float(getattr(self.schedule, "peak", 1.0) or 1.0)
         return t, lr * tf.sqrt(1.0 - tf.pow(self.beta_2, t)) / (1.0 - tf.pow(self.beta_1, t)), shape
 
+    def fused_cosine_rows(self, user, anime):
+        """The fused forward kernel on this trainer's tables: per example |u|^2, |a|^2, u.a."""
+        return self.fused.fuse_rank_cosine_rows(self.users.weights.handle, self.anime.weights.handle, user, anime)
+
+    def fused_update(self, user, anime, c, d_u, d_a, sq_u, sq_a, lr):
+        """The fused row-wise Adagrad kernel on this trainer's tables and accumulators (in place)."""
+        self.fused.fuse_rank_rowwise_adagrad(self.users.weights.handle, self.users.accumulator.handle,
+                                             self.anime.weights.handle, self.anime.accumulator.handle, user, anime,
+                                             c, d_u, d_a, sq_u, sq_a, lr, epsilon=self.users.epsilon)
+
     def _train_step(self, keys, rating_table):
         user, anime, y = unpack_batch(keys, rating_table)
         t, alpha, shape = self._alpha()
         if self.fused is not None:
-            uw, aw = self.users.weights, self.anime.weights
-            uu, aa, ua = self.fused.fuse_rank_cosine_rows(uw.handle, aw.handle, user, anime)
-            loss, logits, mean, var, c, d_u, d_a, sq_u, sq_a, head_grads = self._head_backward(uu, aa, ua, y)
-            self.fused.fuse_rank_rowwise_adagrad(
-                uw.handle, self.users.accumulator.handle, aw.handle, self.anime.accumulator.handle, user, anime,
-                c, d_u, d_a, sq_u, sq_a, self.embedding_learning_rate * shape, epsilon=self.users.epsilon)
+            loss, logits, mean, var, c, d_u, d_a, sq_u, sq_a, head_grads = self._head_backward(
+                *self.fused_cosine_rows(user, anime), y)
+            self.fused_update(user, anime, c, d_u, d_a, sq_u, sq_a, self.embedding_learning_rate * shape)
         else:
             u, uu, user_ctx = self.users.lookup(user, t)
             a, aa, anime_ctx = self.anime.lookup(anime, t)
