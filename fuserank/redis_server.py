@@ -39,8 +39,8 @@ def wait_until_answers(proc: subprocess.Popen, client: redis.Redis, timeout: flo
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            output = proc.stdout.read().decode(errors="replace")[-2000:] if proc.stdout else ""
-            raise FuseRankError(f"redis-server exited with {proc.returncode}: {output}".rstrip(": "))
+            output = proc.stdout.read().decode(errors="replace").strip()[-2000:] if proc.stdout else ""
+            raise FuseRankError(f"redis-server exited with {proc.returncode}" + (f": {output}" if output else ""))
         try:
             if client.ping():
                 return
