@@ -328,6 +328,7 @@ def hot_path_pieces(model_dir: str, stored: bytes, n_calls: int = 20_000) -> dic
     import numpy as np
     from flask import Flask, request
     from fuserank import keys
+    from fuserank.config import HybridSettings
     from fuserank.artifacts import ModelArtifact
     model = ModelArtifact.load(model_dir)
     ids, uid = model.user_ids, int(model.user_ids[len(model.user_ids) // 3])
@@ -343,7 +344,7 @@ def hot_path_pieces(model_dir: str, stored: bytes, n_calls: int = 20_000) -> dic
 
     assert scalar_index(uid) == int(model.user_index(uid)[0]) and slice_n(stored, 10) == keys.slice_list(stored, 10)
     head = {"user_id": uid, "model_version": model.version, "source": "precomputed",
-            "list_version": model.version + "-5547ed7c"}
+            "list_version": keys.list_version(model.version, HybridSettings().digest())}
     app = Flask("pieces")
     names = ("n", "source", "include_adult", "exclude", "genre", "type", "explain")
 

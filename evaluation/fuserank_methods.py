@@ -69,8 +69,8 @@ def artifact_for(split: Split, user_emb: np.ndarray, anime_emb: np.ndarray) -> M
 class HybridMethod:
     """The production scorer over one split; ``score`` gives dense scores for evaluate_model."""
 
-    def __init__(self, model: ModelArtifact, settings: HybridSettings):
-        self.scorer = HybridScorer(model, settings)
+    def __init__(self, model: ModelArtifact, settings: HybridSettings, neighbours=None):
+        self.scorer = HybridScorer(model, settings, neighbours)
 
     def score(self, users: np.ndarray) -> np.ndarray:
         m = self.scorer.model

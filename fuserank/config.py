@@ -52,6 +52,10 @@ class RankingObjective:
 RANKING = RankingObjective()
 
 
+# Knobs added after list versions were first stored, with the value those versions were scored with.
+BEFORE = {"stage2_neighbours": None, "stage2_by_indegree": False}
+
+
 @dataclass(frozen=True)
 class HybridSettings:
     """Knobs of the two-stage hybrid (see fuserank.scorer); part of the list version hash."""
@@ -62,16 +66,23 @@ class HybridSettings:
     like_threshold: int = 8         # raw 1-10 rating that counts as "rated highly"
     stage1_seeds: int = 1           # stage 2 expands from this many stage-1 picks ...
     expand_own_likes: bool = True   # ... and from the user's own highly rated anime
-    # Weights chosen on a validation split carved from the 2020 train split (evaluation/README.md):
+    # Stage 2 follows each seed anime's first ``stage2_neighbours`` neighbours only (None: all of them),
+    # and divides each link by how many of those lists hold its target (its in-degree), so "hub" anime
+    # that sit near everything do not collect score from every liked anime.
+    stage2_neighbours: int | None = 2
+    stage2_by_indegree: bool = True
+    # Weights chosen on validation splits carved from the 2020 train split (README, "Reading it"):
     # with ranking-trained embeddings the model's own u.v carries most of the quality.
     weight_stage1: float = 0.05
-    weight_stage2: float = 0.05
+    weight_stage2: float = 0.15
     weight_model: float = 1.0       # the model's own u.v cosine as a third term
 
     def __post_init__(self):
         for name in ("top_n", "neighbours", "similar_users", "stage1_seeds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.stage2_neighbours is not None and self.stage2_neighbours < 1:
+            raise ValueError(f"stage2_neighbours must be >= 1 or None, got {self.stage2_neighbours}")
         if not 1 <= self.like_threshold <= 10:
             raise ValueError(f"like_threshold must be in 1..10, got {self.like_threshold}")
         for name in ("weight_stage1", "weight_stage2", "weight_model"):
@@ -92,8 +103,10 @@ class HybridSettings:
 
     @classmethod
     def from_dict(cls, data: dict) -> "HybridSettings":
+        """Settings as stored with a list version; a knob added later takes the value that reproduces
+        lists written before it existed (``BEFORE``), not today's default."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{**BEFORE, **{k: v for k, v in data.items() if k in known}})
 
 
 # ------------------------------------------------------------------------------------------------

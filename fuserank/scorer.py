@@ -5,7 +5,8 @@ folded in), so both always produce the same list for the same user and settings.
 
 Stage 1: the user's most similar users by embedding cosine vote for what they rated highly.
 Stage 2: anime similar (cosine over anime embeddings, via the precomputed neighbour graph) to stage 1's
-best picks and, optionally, to the user's own liked anime.
+best picks and, optionally, to the user's own liked anime, along each anime's few nearest neighbours, each
+link divided by its target's in-degree (``stage2_graph``), so hubs of the graph do not win for everyone.
 Each term is min-max normalised per user over the candidates, then merged with one set of weights
 (optionally with the model's own u.v cosine as a third term). Everything on the user's list is excluded.
 
@@ -222,6 +223,24 @@ def anime_neighbours(model: ModelArtifact, k: int) -> tuple[np.ndarray, np.ndarr
     return top_k_cosine(model.anime_emb, model.anime_emb, k, exclude_self=True)
 
 
+def stage2_graph(idx: np.ndarray, sim: np.ndarray, by_indegree: bool) -> sp.csr_matrix:
+    """Stage 2's anime x anime link weights: each anime's listed neighbours (``idx``, best first) with
+    their non-negative cosine, divided by the target's in-degree (how many lists hold it) when ``by_indegree``.
+
+    Cosine neighbour lists have hubs: a few anime sit in hundreds of lists, and summing links from a
+    user's liked anime ranks them first for everyone. Short lists (an anime's one or two nearest, often
+    its sequel or its closest kin) divided by in-degree keep what is specific to each liked anime. On the
+    2020 validation carves, raw 50-long lists cost 0.1-0.5% NDCG@10 against the model's own score; 2-long
+    lists per in-degree add 10% (README, "Reading it").
+    """
+    a = len(idx)
+    graph = _rows_csr(np.arange(a), idx, np.clip(sim, 0, None), (a, a))
+    if by_indegree:
+        indegree = np.bincount(graph.indices[graph.data > 0], minlength=a)
+        graph.data = (graph.data / np.maximum(indegree, 1)[graph.indices]).astype(np.float32)
+    return graph
+
+
 class HybridScorer:
     """``user_search``: ``"auto"`` (IVF from ``ANN_MIN_USERS`` users, exact below), ``"exact"`` or ``"ivf"``."""
 
@@ -232,7 +251,8 @@ class HybridScorer:
         self.settings = settings
         self.neighbour_idx, self.neighbour_sim = neighbours or anime_neighbours(model, settings.neighbours)
         a = model.n_anime
-        self.graph = _rows_csr(np.arange(a), self.neighbour_idx, np.clip(self.neighbour_sim, 0, None), (a, a))
+        k = settings.stage2_neighbours or self.neighbour_idx.shape[1]
+        self.graph = stage2_graph(self.neighbour_idx[:, :k], self.neighbour_sim[:, :k], settings.stage2_by_indegree)
         self.liked = model.liked_matrix(settings.like_threshold)
         use_ivf = user_search == "ivf" or (user_search == "auto" and model.n_users >= ANN_MIN_USERS)
         self.user_index = IVFIndex(model.user_emb) if use_ivf else None

@@ -1,5 +1,6 @@
 """Model version switching: the API follows the pointer to another model without a restart, loading it in the
 background, and never answers from a mixed version (one answer = one model + the list version it wrote)."""
+import json
 import shutil
 import threading
 import time
@@ -188,6 +189,14 @@ def test_models_are_found_on_gcs_and_in_the_model_store(two_models, tmp_path, re
     assert service.model.path.startswith(store)
 
 
+def _assert_live_equals_stored(client, version):
+    for uid in (100, 105, 110):
+        stored = client.get(f"/v1/users/{uid}/recommendations?n=12").get_json()
+        live = client.get(f"/v1/users/{uid}/recommendations?n=12&source=live").get_json()
+        assert stored["list_version"] == live["list_version"] == version
+        assert _ids(stored) == _ids(live)
+
+
 def test_live_answers_use_the_list_versions_settings(two_models, redis_client, redis_url):
     """The scorer of a list version is built with the settings its precompute used, not the API's flags."""
     m1, _ = two_models
@@ -195,9 +204,19 @@ def test_live_answers_use_the_list_versions_settings(two_models, redis_client, r
     published = precompute(m1, redis_url, other)
     app = create_app(m1, redis_url, SETTINGS)
     client = app.test_client()
-    for uid in (100, 105, 110):
-        stored = client.get(f"/v1/users/{uid}/recommendations?n=12").get_json()
-        live = client.get(f"/v1/users/{uid}/recommendations?n=12&source=live").get_json()
-        assert stored["list_version"] == live["list_version"] == published["version"]
-        assert _ids(stored) == _ids(live)
+    _assert_live_equals_stored(client, published["version"])
+    redis.Redis.from_url(redis_url).flushdb()
+
+
+def test_a_list_version_stored_before_a_knob_existed_is_scored_as_it_was_written(two_models, redis_client, redis_url):
+    """Stored settings without the stage-2 knobs (lists written before them) mean whole raw neighbour lists."""
+    m1, _ = two_models
+    old = HybridSettings(top_n=12, stage2_neighbours=None, stage2_by_indegree=False, weight_stage2=1.0)
+    published = precompute(m1, redis_url, old)
+    meta = keys.meta(published["version"])
+    stored_settings = json.loads(redis_client.hget(meta, "settings"))
+    del stored_settings["stage2_by_indegree"], stored_settings["stage2_neighbours"]
+    redis_client.hset(meta, "settings", json.dumps(stored_settings))
+    client = create_app(m1, redis_url, SETTINGS).test_client()
+    _assert_live_equals_stored(client, published["version"])
     redis.Redis.from_url(redis_url).flushdb()

@@ -4,7 +4,7 @@ import scipy.sparse as sp
 
 from fuserank.artifacts import ModelArtifact
 from fuserank.config import HybridSettings
-from fuserank.scorer import HybridScorer
+from fuserank.scorer import HybridScorer, stage2_graph
 from fuserank.similarity import top_k_cosine, top_k_rows
 from tests.factories import make_artifact, random_artifact
 
@@ -89,6 +89,36 @@ def test_stage2_recommends_the_neighbour_of_a_liked_anime(tmp_path):
     assert items[0] == 1
 
 
+def test_stage2_graph_divides_each_link_by_its_targets_indegree():
+    idx = np.array([[1, 2], [2, 0], [1, 0]])
+    sim = np.array([[0.9, 0.5], [0.8, -0.1], [0.6, 0.4]], np.float32)
+    # in-degree over positive links: anime 0 <- 2; anime 1 <- 0, 2; anime 2 <- 0, 1 (1 -> 0 is clipped to 0)
+    expected = [[0, 0.45, 0.25], [0, 0, 0.4], [0.4, 0.3, 0]]
+    assert np.allclose(stage2_graph(idx, sim, True).toarray(), expected)
+    assert np.allclose(stage2_graph(idx, sim, False).toarray(), [[0, 0.9, 0.5], [0, 0, 0.8], [0.4, 0.6, 0]])
+
+
+def test_stage2_by_indegree_stops_a_hub_winning_over_a_liked_animes_own_neighbour():
+    # anime A=0, B=1 (liked), C=2, D=3, hub H=4 (in four lists), S=5 (only in A's list, its best link)
+    idx = np.array([[5, 4], [4, 2], [4, 3], [4, 2], [0, 1], [0, 1]])
+    sim = np.array([[0.9, 0.8], [0.8, 0.3], [0.7, 0.2], [0.7, 0.2], [0.8, 0.8], [0.9, 0.1]], np.float32)
+    liked = sp.csr_matrix(np.array([[1, 1, 0, 0, 0, 0]], np.float32))
+    raw = (liked @ stage2_graph(idx, sim, False)).toarray()[0]
+    damped = (liked @ stage2_graph(idx, sim, True)).toarray()[0]
+    assert raw.argmax() == 4 and raw[4] == pytest.approx(1.6)
+    assert damped.argmax() == 5 and damped[4] == pytest.approx(0.4) and damped[2] == pytest.approx(0.15)
+
+
+@pytest.mark.parametrize("k,flag", [(None, False), (None, True), (2, True), (1, False)])
+def test_the_scorer_follows_the_settings_stage2_neighbours(model, k, flag):
+    scorer = HybridScorer(model, HybridSettings(neighbours=5, stage2_neighbours=k, stage2_by_indegree=flag))
+    links = np.diff(scorer.graph.indptr)
+    assert links.max() == (k or 5)
+    first = scorer.neighbour_idx[:, :k or 5]
+    expected = stage2_graph(first, scorer.neighbour_sim[:, :k or 5], flag)
+    assert (scorer.graph != expected).nnz == 0
+
+
 def test_extra_exclusions_are_respected(model):
     scorer = HybridScorer(model, HybridSettings(top_n=5))
     first = scorer.score_users(np.array([0])).items[0]
@@ -158,6 +188,7 @@ def test_top_k_rows_equals_the_reference_with_ties_and_padding():
 @pytest.mark.parametrize("settings", [
     HybridSettings(), HybridSettings(top_n=10, neighbours=5), HybridSettings(weight_model=0, top_n=20),
     HybridSettings(stage1_seeds=3, expand_own_likes=False, weight_model=0.3, similar_users=7),
+    HybridSettings(stage2_neighbours=None, stage2_by_indegree=False, weight_stage2=0.5),
     HybridSettings(weight_stage1=1, weight_stage2=0.5, weight_model=0.2, like_threshold=5, neighbours=3),
 ])
 def test_scores_and_lists_equal_the_dense_reference(tmp_path, settings):
