@@ -82,3 +82,9 @@ def test_tuning_view_is_carved_from_the_train_split_only(tmp_path):
     view = validation_view(path, 0)
     assert ((view.train + view.test).astype(bool) != outer.train.astype(bool)).nnz == 0
     assert view.train.multiply(outer.test).nnz == 0 and view.test.multiply(outer.test).nnz == 0
+
+
+def test_the_served_hybrid_settings_are_a_cell_of_the_tuning_grid():
+    from fuserank.config import HybridSettings
+    from fuserank.evaluation.tune import grid
+    assert HybridSettings() in [settings for _, settings in grid()]
