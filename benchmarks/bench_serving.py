@@ -321,14 +321,13 @@ def in_process(model_dir: str, redis_url: str, version: str, body_bytes: int, pa
         shutil.rmtree(mp_dir, ignore_errors=True)
 
 
-def hot_path_pieces(model_dir: str, stored: bytes, n_calls: int = 20_000) -> dict:
+def hot_path_pieces(model_dir: str, version: str, stored: bytes, n_calls: int = 20_000) -> dict:
     """µs of four steps of the request path, each as the code does it now (key ``code``) beside the way it
     was done before session 10's mends (``before``) or an inline equivalent, from the same run."""
     import timeit
     import numpy as np
     from flask import Flask, request
     from fuserank import keys
-    from fuserank.config import HybridSettings
     from fuserank.artifacts import ModelArtifact
     model = ModelArtifact.load(model_dir)
     ids, uid = model.user_ids, int(model.user_ids[len(model.user_ids) // 3])
@@ -344,7 +343,7 @@ def hot_path_pieces(model_dir: str, stored: bytes, n_calls: int = 20_000) -> dic
 
     assert scalar_index(uid) == int(model.user_index(uid)[0]) and slice_n(stored, 10) == keys.slice_list(stored, 10)
     head = {"user_id": uid, "model_version": model.version, "source": "precomputed",
-            "list_version": keys.list_version(model.version, HybridSettings().digest())}
+            "list_version": version}
     app = Flask("pieces")
     names = ("n", "source", "include_adult", "exclude", "genre", "type", "explain")
 
@@ -540,7 +539,7 @@ def main() -> None:
               f"{ip['metrics_after_request_hook_us']} us)",
               flush=True)
 
-        results["hot_path_pieces_us"] = hot_path_pieces(str(model_dir), stored)
+        results["hot_path_pieces_us"] = hot_path_pieces(str(model_dir), version, stored)
         print("== hot-path pieces (us): " + "; ".join(
             f"{k} " + ", ".join(f"{name} {v}" for name, v in d.items()) for k, d in results["hot_path_pieces_us"].items()),
             flush=True)
