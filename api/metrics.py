@@ -22,6 +22,7 @@ per request::
     fuserank_list_version_published_timestamp_seconds               when it became current (fuserank:versions)
     fuserank_list_version_written_timestamp_seconds                 when its lists were written (meta written_at)
     fuserank_list_version_age_seconds                               now - written (published if unknown): alert on it
+    fuserank_list_pointer_valid                                     0 while fuserank:current names no list version
 
 Multiprocess: when ``PROMETHEUS_MULTIPROC_DIR`` is set (fuserank.api.server sets a fresh temporary
 directory before gunicorn forks and removes it at exit; each dead worker is marked with
@@ -160,6 +161,8 @@ class ListVersionCollector:
                                   labels=["model_version"])
         model.add_metric([serving], 1)
         yield model
+        yield GaugeMetricFamily("fuserank_list_pointer_valid", "0 while fuserank:current names no list version "
+                                "(the last good one keeps answering)", value=float(self.service.pointer_valid()))
         info = GaugeMetricFamily("fuserank_list_version_info", "List version being served (fuserank:current)",
                                  labels=["list_version", "list_model_version"])
         if version is None:

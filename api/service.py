@@ -10,7 +10,9 @@ swapped whole (one attribute assignment), so an answer never mixes versions. The
 a model that is not loaded, the model is loaded in a background thread (from the list version's meta
 ``model_uri``, else ``$FUSERANK_MODELS_URI/<model version>``, else the ``--model`` directory when it is
 that version) while answers keep coming from the view before; then the view switches. Bundles of the
-current and previous versions are kept (a rollback switches at once), others are dropped.
+current and previous versions are kept (a rollback switches at once), others are dropped. A pointer that
+names no list version (no meta naming a model: a hand edit) leaves the view as it is, logged once as an
+ERROR and reported by ``pointer_valid()`` (``/readyz``, ``/metrics``).
 
 Redis down or slow: every call has 0.25 s socket timeouts and no retries; after a failure Redis is left
 alone for ``REDIS_RETRY_S`` (answers are ``live`` with ``degraded: true`` meanwhile), then tried again.
@@ -203,6 +205,11 @@ class _Pointer:
     previous: str | None = None
     meta: dict = field(default_factory=dict)   # list version -> {"model_version", "model_uri", "settings"}
 
+    @property
+    def valid(self) -> bool:
+        """False when ``current`` is set but names no list version (no meta naming a model)."""
+        return self.current is None or bool((self.meta.get(self.current) or {}).get("model_version"))
+
 
 class RecommendationService:
     def __init__(self, model_dir: str, redis_url: str, settings: HybridSettings | None = None):
@@ -219,6 +226,7 @@ class RecommendationService:
         self._failed: dict[tuple, float] = {}
         self._pointer: tuple[float, str | None, str | None] = (0.0, None, None)  # fetched at, current, its model
         self._state = _Pointer()
+        self._invalid_logged: str | None = None     # the bad pointer value last logged (once per value)
         self._suppressed: frozenset[int] = frozenset()
         self._redis_down_until = 0.0
         self._local_counts: tuple[int, dict] = (-1, {})
@@ -312,6 +320,7 @@ class RecommendationService:
             self._state = _Pointer(current, previous, meta)
             self._pointer = (time.monotonic(), current, (meta.get(current) or {}).get("model_version"))
             self._settle(load_now)
+            self._report_invalid_pointer()
         finally:
             self._lock.release()
 
@@ -327,6 +336,17 @@ class RecommendationService:
                 log.warning("list version %s: unreadable settings in its meta (%s); live answers use the "
                             "API's", version, exc)
         return out
+
+    def _report_invalid_pointer(self) -> None:
+        state = self._state
+        if state.valid:
+            self._invalid_logged = None
+        elif state.current != self._invalid_logged:
+            self._invalid_logged = state.current
+            log.error("%s names %r, which is no list version in Redis (no meta naming a model); still serving "
+                      "list version %s with model %s: point it at a published version (fuserank publish / "
+                      "rollback)", keys.CURRENT, state.current[:200], self._view.list_version,
+                      self._view.bundle.version)
 
     def _wanted(self) -> list[tuple[str, tuple]]:
         """(list version, bundle key) of current then previous, where the meta names a model."""
@@ -346,6 +366,8 @@ class RecommendationService:
         wanted = self._wanted()
         if load_now and wanted and wanted[0][1] not in self._bundles:
             self._load_bundle(*wanted[0], quiet=True)
+        if not self._state.valid and self._view.list_version:
+            wanted.insert(0, (self._view.list_version, self._view.bundle.key))   # the last good pair stays
         for version, key in wanted:
             bundle = self._bundles.get(key)
             if bundle is not None:
@@ -457,6 +479,10 @@ class RecommendationService:
             self._refresh()
         return self._pointer[1], self._pointer[2]
 
+    def pointer_valid(self) -> bool:
+        """False while ``fuserank:current`` names no list version (the last good one keeps answering)."""
+        return self._state.valid
+
     def redis_state(self) -> dict:
         """Redis's state, the pointer and what is served; when Redis is down, the last pointer seen."""
         try:
@@ -466,7 +492,7 @@ class RecommendationService:
         except redis.RedisError as exc:
             state = {"redis": "down", "error": type(exc).__name__}
         view, pointer = self._view, self._state
-        return {**state, "list_version": pointer.current,
+        return {**state, "list_version": pointer.current, "pointer_valid": pointer.valid,
                 "list_model_version": (pointer.meta.get(pointer.current) or {}).get("model_version"),
                 "previous_list_version": pointer.previous,
                 "serving": {"model_version": view.bundle.version, "list_version": view.list_version},
