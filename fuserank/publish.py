@@ -2,8 +2,9 @@
 
     publish(r, version, written, expected)  the precompute's last step: Beam's counts and the keys really
                                             in Redis must both match the model, then the pointer flips
-    publish_version(r, version)             `fuserank publish`: serve an already complete version again
-    rollback(r)                             `fuserank rollback`: swap current and previous
+    publish_version(r, version)             `fuserank publish`: serve an already complete version again,
+                                            after verifying its keys against its meta (verify_stored)
+    rollback(r)                             `fuserank rollback`: swap current and previous (previous verified)
     cleanup(r, keep=2)                      `fuserank cleanup` (and after every `fuserank precompute`):
                                             remove published versions older than current and previous,
                                             by SCAN + UNLINK in bounded batches (offline, never on a request)
@@ -89,7 +90,7 @@ def publish(r: redis.Redis, version: str, written: dict, expected: dict) -> str 
     Two counts must match the model: the writes Beam confirmed (``written``) and the version's keys
     actually present in Redis (one SCAN: nothing evicted, deleted by a clean-up or lost to a failover
     since it was written). Lists of forgotten users left by an earlier, killed run of the same version are
-    deleted here. Returns the version that was current before. The flip is a WATCH/MULTI transaction, so
+    deleted here. Returns what ``previous`` holds after the flip. The flip is a WATCH/MULTI transaction, so
     two publishers racing leave ``current`` on a complete version and ``previous`` on the one it replaced.
     """
     for kind, want in expected.items():
@@ -112,25 +113,33 @@ def _flip(r: redis.Redis, version: str) -> str | None:
     """Point ``current`` at ``version`` and ``previous`` at what it replaces, atomically (WATCH/MULTI).
 
     The version's meta is watched too: it must say ``complete`` when the transaction commits (a clean-up
-    marking it ``deleting`` in between makes the flip retry and then refuse).
+    marking it ``deleting`` in between makes the flip retry and then refuse). ``previous`` only ever names
+    a complete version: a pointer naming none (a hand edit) is not kept as a rollback target. Returns what
+    ``previous`` holds afterwards (unchanged when ``version`` was already current).
     """
     with r.pipeline() as pipe:
         while True:
             try:
-                pipe.watch(keys.CURRENT, keys.meta(version))
+                pipe.watch(keys.CURRENT, keys.PREVIOUS, keys.meta(version))
                 state = _decode(pipe.hget(keys.meta(version), "state"))
                 if state != "complete":
                     raise PublishError(f"list version {version!r} is "
                                        f"{'not in Redis' if state is None else repr(state)}; "
                                        "only a completely written version can be published")
-                old = pipe.get(keys.CURRENT)
+                old, previous = _decode(pipe.get(keys.CURRENT)), _decode(pipe.get(keys.PREVIOUS))
+                replaced = old is not None and old != version
+                if replaced and _decode(pipe.hget(keys.meta(old), "state")) != "complete":
+                    log.warning("%s named %r, which is no complete list version: not kept as previous",
+                                keys.CURRENT, old[:200])
+                    replaced = False
                 pipe.multi()
-                if old is not None and old.decode() != version:
+                if replaced:
                     pipe.set(keys.PREVIOUS, old)
+                    previous = old
                 pipe.set(keys.CURRENT, version)
                 pipe.zadd(keys.VERSIONS, {version: time.time()})
                 pipe.execute()
-                return old.decode() if old is not None else None
+                return previous
             except redis.WatchError:
                 continue
 
@@ -145,13 +154,43 @@ def previous_version(r: redis.Redis) -> str | None:
     return v.decode() if v is not None else None
 
 
+def verify_stored(r: redis.Redis, version: str) -> dict:
+    """The version's keys really in Redis against the counts its meta recorded at publish; PublishError if short.
+
+    One offline SCAN, as the precompute's own publish does. A forgotten user's list is deleted in every
+    version (fuserank.privacy), so up to that many user lists may be missing. Returns the counts found.
+    """
+    meta = read_meta(r, version)
+    if meta.get("state") != "complete":
+        return {}                         # _flip refuses it, naming its state
+    want = meta.get("written")
+    if not isinstance(want, dict) or not all(isinstance(want.get(k), int) for k in ("users", "anime")):
+        raise PublishError(f"list version {version}: its meta records no written counts, so its lists cannot be "
+                           "verified; rerun the precompute")
+    forgotten = frozenset(int(x) for x in r.smembers(keys.SUPPRESSED))
+    present, _ = count_version_keys(r, version, forgotten)
+    short = [f"{present[k]} of {want[k]} {k} lists" for k in ("users", "anime")
+             if present[k] < want[k] - (len(forgotten) if k == "users" else 0)]
+    if short:
+        raise PublishError(f"list version {version} is damaged: Redis holds {', '.join(short)} (deleted, evicted "
+                           "or lost since it was written)")
+    return present
+
+
 def publish_version(r: redis.Redis, version: str) -> str | None:
-    """Serve an already written version again (`fuserank publish`): only a complete one."""
+    """Serve an already written version again (`fuserank publish`): only a complete one whose lists are all
+    still in Redis (also when it is current already: then it is reported damaged). Returns ``previous``."""
+    try:
+        verify_stored(r, version)
+    except PublishError as exc:
+        if version == current_version(r):
+            raise PublishError(f"{exc}; it is the current version: roll back or rerun the precompute") from None
+        raise PublishError(f"{exc}; not published") from None
     return _flip(r, version)
 
 
 def rollback(r: redis.Redis) -> tuple[str, str]:
-    """Swap ``current`` and ``previous`` (`fuserank rollback`); returns (from, to)."""
+    """Swap ``current`` and ``previous`` (`fuserank rollback`) after verifying previous; returns (from, to)."""
     previous = r.get(keys.PREVIOUS)
     current = current_version(r)
     if previous is None or current is None:
@@ -206,9 +245,10 @@ def remove_version(r: redis.Redis, version: str, batch_size: int = UNLINK_BATCH,
     Returns the number of keys removed, or None when the version is (or became) current/previous or was
     published again meanwhile (what was already unlinked is then reported by the next publish's count).
     """
+    meta_key = keys.meta(version).encode()
+    had_meta = bool(r.exists(meta_key))      # a killed precompute leaves lists and no meta: the mark adds one
     if not _mark_deleting(r, version):
         return None
-    meta_key = keys.meta(version).encode()
     removed, batch = 0, []
 
     def flush() -> bool:
@@ -229,7 +269,7 @@ def remove_version(r: redis.Redis, version: str, batch_size: int = UNLINK_BATCH,
         return None
     if not _guarded(r, version, lambda pipe: pipe.unlink(meta_key).zrem(keys.VERSIONS, version)):
         return None
-    return removed + 1
+    return removed + had_meta
 
 
 def cleanup(r: redis.Redis, keep: int = MIN_KEEP, batch_size: int = UNLINK_BATCH, scan_count: int = SCAN_COUNT,
@@ -282,6 +322,11 @@ def remove_versions(r: redis.Redis, versions, batch_size: int = UNLINK_BATCH, sc
     if served:
         raise PublishError(f"list version {', '.join(served)} is current or previous and is never removed "
                            "(roll back or publish another version first)")
+    missing = [v for v in dict.fromkeys(versions)
+               if not r.exists(keys.meta(v)) and next(iter(_scan_version(r, v)), None) is None]
+    if missing:
+        raise PublishError(f"no list version {', '.join(missing)} in Redis (no meta, no lists); nothing removed "
+                           "(see `fuserank inspect versions`)")
     result = {"current": current, "previous": previous, "removed": [], "dry_run": dry_run}
     for v in dict.fromkeys(versions):
         if dry_run:
