@@ -94,6 +94,14 @@ def _arg(args, name: str, default: str | None = None) -> str | None:
     return args[name] if name in args else default
 
 
+def single_valued(args):
+    """``args`` when no parameter is repeated; ``?n=5&n=abc`` is a 400 naming ``n`` (never first-wins)."""
+    for name, values in args.lists():
+        if len(values) > 1:
+            raise BadParameter(name[:40], f"given {len(values)} times; give it once")
+    return args
+
+
 def parse_n(args) -> int:
     raw = _arg(args, "n", str(DEFAULT_N))
     if not UINT.fullmatch(raw) or not 1 <= int(raw) <= MAX_N:
@@ -144,7 +152,7 @@ def parse_filters(args) -> Filters:
 
 @recommendations.get(USER_RECOMMENDATIONS.removeprefix(recommendations.url_prefix))
 def user_recommendations(user_id: str):
-    uid, args = parse_id("user_id", user_id), request.args
+    uid, args = parse_id("user_id", user_id), single_valued(request.args)
     n, live, adult = parse_n(args), parse_source(args), parse_bool(args, "include_adult")
     filters, explain = parse_filters(args), parse_bool(args, "explain", True)
     answer = _service().user_recommendations(uid, n, live=live, include_adult=adult, filters=filters,
@@ -224,7 +232,7 @@ def new_user_recommendations():
     """A user the model has never seen, described by their ratings: folded into the embedding space."""
     guard_post()
     anime_ids, ratings, n = parse_new_user()
-    args = request.args
+    args = single_valued(request.args)
     adult, filters, explain = parse_bool(args, "include_adult"), parse_filters(args), parse_bool(args, "explain", True)
     answer, ignored = _service().new_user_recommendations(np.array(anime_ids, np.int64), np.array(ratings), n,
                                                           include_adult=adult, filters=filters, explain=explain)
@@ -236,7 +244,7 @@ def new_user_recommendations():
 
 @recommendations.get("/anime/<anime_id>/similar")
 def similar_anime(anime_id: str):
-    aid, args = parse_id("anime_id", anime_id), request.args
+    aid, args = parse_id("anime_id", anime_id), single_valued(request.args)
     n, adult = parse_n(args), parse_bool(args, "include_adult")
     filters, explain = parse_filters(args), parse_bool(args, "explain", True)
     answer = _service().similar_anime(aid, n, include_adult=adult, filters=filters, explain=explain)
