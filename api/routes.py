@@ -5,8 +5,10 @@ The OpenAPI description of every endpoint is ``schemas/openapi.json``, served at
 Configuration (``app.config``, read from the environment when the blueprint is registered; set the keys
 on ``app.config`` to override):
 
-    FUSERANK_API_KEY         unset: POST /v1/recommendations is open; set (one key, or several separated
-                             by commas): it requires header ``X-API-Key`` with one of them (401 otherwise)
+    FUSERANK_API_KEY         unset: the POSTs that fold a new user in (POST /v1/recommendations and the web
+                             page's POST /new-user) are open; set (one key, or several separated by
+                             commas): they require header ``X-API-Key`` with one of them (401 otherwise;
+                             after 10 wrong keys from one address in 5 minutes, 429 for that address)
     FUSERANK_RATE_LIMIT      POST /v1/recommendations calls per client and window (default 60; 0 = off)
     FUSERANK_RATE_WINDOW_S   the fixed window in seconds (default 60)
 
@@ -39,6 +41,8 @@ UINT = re.compile(r"[0-9]{1,19}")      # an id or count as the routes accept it 
 API_KEY_HEADER = "X-API-Key"
 DEFAULT_RATE_LIMIT = 60
 DEFAULT_RATE_WINDOW_S = 60
+KEY_FAILURES = 10            # wrong API keys per address and window before the address is refused (429)
+KEY_FAILURE_WINDOW_S = 300
 
 recommendations = Blueprint("recommendations", __name__, url_prefix="/v1")
 USER_RECOMMENDATIONS = "/v1/users/<user_id>/recommendations"     # also fuserank.api.hotpath's route label
@@ -202,17 +206,33 @@ def _client_of(api_key: str | None) -> str:
     return "addr:" + (request.remote_addr or "unknown")
 
 
+def check_api_key() -> str | None:
+    """The valid ``X-API-Key`` given, or None when no keys are configured.
+
+    401 without a valid key. Wrong keys are counted per address: after ``KEY_FAILURES`` in
+    ``KEY_FAILURE_WINDOW_S`` every attempt from that address is a 429 until the window ends, right key or
+    not, so keys cannot be guessed at request speed.
+    """
+    configured = current_app.config.get("FUSERANK_API_KEY")
+    if not configured:
+        return None
+    service, address = _service(), "keyfail:" + (request.remote_addr or "unknown")
+    retry_after = service.rate_limit(address, KEY_FAILURES, KEY_FAILURE_WINDOW_S, peek=True)
+    if retry_after is not None:
+        raise TooManyRequests(f"too many wrong {API_KEY_HEADER} values from this address; retry in {retry_after}s",
+                              retry_after)
+    given = request.headers.get(API_KEY_HEADER)
+    valid = [k.strip() for k in str(configured).split(",") if k.strip()]
+    if given is None or not any(hmac.compare_digest(given.encode(), k.encode()) for k in valid):
+        if given is not None:
+            service.rate_limit(address, KEY_FAILURES, KEY_FAILURE_WINDOW_S)
+        raise Unauthorized(f"this endpoint needs a valid {API_KEY_HEADER} header")
+    return given
+
+
 def guard_post() -> None:
     """API key (when configured), then the per-client rate limit shared through Redis."""
-    config = current_app.config
-    configured = config.get("FUSERANK_API_KEY")
-    given = None
-    if configured:
-        given = request.headers.get(API_KEY_HEADER)
-        valid = [k.strip() for k in str(configured).split(",") if k.strip()]
-        if given is None or not any(hmac.compare_digest(given.encode(), k.encode()) for k in valid):
-            raise Unauthorized(f"this endpoint needs a valid {API_KEY_HEADER} header")
-    enforce_rate_limit(_client_of(given), "rate limit of {limit} requests per {window}s exceeded")
+    enforce_rate_limit(_client_of(check_api_key()), "rate limit of {limit} requests per {window}s exceeded")
 
 
 def enforce_rate_limit(client: str, message: str) -> None:

@@ -674,11 +674,12 @@ class RecommendationService:
                       bundle.version, view.list_version, degraded=degraded)
 
     # -- rate limiting (POST /v1/recommendations) ------------------------------------------------
-    def rate_limit(self, client: str, limit: int, window_s: int) -> int | None:
+    def rate_limit(self, client: str, limit: int, window_s: int, peek: bool = False) -> int | None:
         """Seconds until ``client`` may call again when over ``limit`` calls in this fixed window, else None.
 
         A counter per client and window in Redis (INCR + EXPIRE), so every worker and pod shares it. While
         Redis is down each process counts on its own (fail open, but at most ``limit`` per process).
+        ``peek``: read the count without adding this call (is ``client`` already over the limit?).
         """
         now = time.time()
         window = int(now // window_s)
@@ -686,22 +687,25 @@ class RecommendationService:
         if time.monotonic() >= self._redis_down_until:
             key = f"{RATE_LIMIT_PREFIX}:{window_s}:{window}:{hashlib.sha256(client.encode()).hexdigest()[:24]}"
             try:
-                with self.redis.pipeline(transaction=False) as pipe:
-                    count = pipe.incr(key).expire(key, window_s + 1).execute()[0]
+                if peek:
+                    count = int(self.redis.get(key) or 0)
+                else:
+                    with self.redis.pipeline(transaction=False) as pipe:
+                        count = pipe.incr(key).expire(key, window_s + 1).execute()[0]
             except redis.RedisError as exc:
                 self._redis_failed(exc)
         if count is None:
-            count = self._local_count(client, window)
-        if count <= limit:
+            count = self._local_count(client, window, add=not peek)
+        if count <= limit - peek:
             return None
         return max(1, math.ceil((window + 1) * window_s - now))
 
-    def _local_count(self, client: str, window: int) -> int:
+    def _local_count(self, client: str, window: int, add: bool = True) -> int:
         current, counts = self._local_counts
         if current != window:
             counts = {}
             self._local_counts = (window, counts)
         if client not in counts and len(counts) >= LOCAL_RATE_CLIENTS:
             return 0        # fail open: no room to count one more client this window
-        counts[client] = counts.get(client, 0) + 1
+        counts[client] = counts.get(client, 0) + add
         return counts[client]

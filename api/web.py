@@ -7,8 +7,9 @@
                                      a 1-10 select; the ratings picked so far travel with the form
                                      (``rate_<anime_id>=<rating>``), so searching again keeps them
     POST /new-user                   those ratings folded in as a new user (service.new_user_recommendations,
-                                     the path of POST /v1/recommendations, with its per-address rate limit;
-                                     no API key: it is the page's own form)
+                                     the path of POST /v1/recommendations, with its per-address rate limit
+                                     and, when FUSERANK_API_KEY is set, its API key: a public page then
+                                     answers 401, as the form cannot send the header)
     GET  /anime/ID                   an anime and its most similar anime
 
 Genres and type come from the model's anime table (``Catalog``, built once before gunicorn forks);
@@ -23,7 +24,7 @@ from flask import Blueprint, current_app, g, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from fuserank.api.errors import ApiError, BadParameter, NotFound
-from fuserank.api.routes import enforce_rate_limit
+from fuserank.api.routes import check_api_key, enforce_rate_limit
 
 MAX_N = 200
 DEFAULT_N = 20
@@ -181,6 +182,7 @@ def _rate_limit() -> None:
 
 @web.post("/new-user")
 def new_user():
+    check_api_key()
     _rate_limit()
     catalog = _catalog()
     picked = _picked(request.form)

@@ -42,3 +42,47 @@ def test_a_repeated_parameter_on_the_post_is_a_400(client):
     resp = client.post("/v1/recommendations?explain=true&explain=false",
                        json={"ratings": [{"anime_id": 1001, "rating": 9}]})
     assert resp.status_code == 400 and resp.get_json()["error"]["parameter"] == "explain"
+
+
+BODY = {"ratings": [{"anime_id": 1001, "rating": 9}], "n": 5}
+
+
+def _keyed_client(served):
+    import redis
+    redis.Redis.from_url(served[1]).flushdb()
+    app = create_app(*served, SETTINGS)
+    app.config["FUSERANK_API_KEY"] = "s3cret"
+    return app.test_client()
+
+
+def _clear_of_window_end(window_s: int, margin_s: float = 5.0) -> None:
+    """Fixed windows: start a counting test where the window does not end within ``margin_s``."""
+    import time
+    left = window_s - time.time() % window_s
+    if left < margin_s:
+        time.sleep(left + 0.1)
+
+
+def test_wrong_api_keys_are_throttled_per_address(served):
+    from fuserank.api.routes import KEY_FAILURE_WINDOW_S, KEY_FAILURES
+    client = _keyed_client(served)
+    _clear_of_window_end(KEY_FAILURE_WINDOW_S)
+    statuses = [client.post("/v1/recommendations", json=BODY, headers={"X-API-Key": f"guess-{i}"},
+                            environ_base={"REMOTE_ADDR": "10.9.9.9"}).status_code for i in range(KEY_FAILURES + 2)]
+    assert statuses == [401] * KEY_FAILURES + [429, 429]
+    right = client.post("/v1/recommendations", json=BODY, headers={"X-API-Key": "s3cret"},
+                        environ_base={"REMOTE_ADDR": "10.9.9.9"})
+    assert right.status_code == 429 and int(right.headers["Retry-After"]) >= 1 and right.is_json
+    other = client.post("/v1/recommendations", json=BODY, headers={"X-API-Key": "s3cret"},
+                        environ_base={"REMOTE_ADDR": "10.9.9.10"})
+    assert other.status_code == 200
+    missing = [client.post("/v1/recommendations", json=BODY, environ_base={"REMOTE_ADDR": "10.9.9.11"}).status_code
+               for _ in range(KEY_FAILURES + 2)]
+    assert missing == [401] * (KEY_FAILURES + 2)        # no key at all is not a guess
+
+
+def test_the_api_key_covers_the_web_pages_post(served):
+    client = _keyed_client(served)
+    form = {"rate_1001": "9"}
+    assert client.post("/new-user", data=form).status_code == 401
+    assert client.post("/new-user", data=form, headers={"X-API-Key": "s3cret"}).status_code == 200
