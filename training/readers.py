@@ -1,10 +1,10 @@
 """Streaming readers for MyAnimeList ratings and anime metadata dumps.
 
-Ratings files hold 57M-109M rows, so the normal path is pyarrow's streaming CSV reader with
-explicit integer types, handing each block's numpy arrays to a ``RatingSink`` (``read_ratings``
-keeps compact arrays; the ingest packs them into sort keys). A big local file is cut at line breaks
-into one byte range per CPU, parsed by as many threads, and the parts are joined in file order
-(pyarrow's streaming parser is single-threaded). Exact error locations are
+Ratings files hold 57M-109M rows, so the normal path is pyarrow's CSV parser with explicit integer
+types, one block of whole lines at a time, handing each block's numpy arrays to a ``RatingSink``
+(``read_ratings`` keeps compact arrays; the ingest packs them into sort keys). A big local file is
+cut at line breaks into one byte range per CPU, parsed by as many threads, and the parts are joined
+in file order (each range is parsed serially). Exact error locations are
 only needed when something is wrong, so they come from separate slow passes: a ``csv``-module
 diagnostic that raises at the first bad line (strict mode), or a vectorised line-by-line pass that
 skips and reports bad rows (lenient mode). Both apply the rules in ``fuserank.schemas.ingest``.
@@ -184,7 +184,7 @@ def scan_ratings(path, sink: RatingSink, lenient=False, block_bytes=BLOCK_BYTES,
     """Stream a ratings file of any known layout into ``sink`` (file order kept); logs progress.
 
     A big local file is cut at line breaks into ``streams`` byte ranges (default: one per CPU, at
-    most MAX_STREAMS) parsed by as many threads (pyarrow's streaming parser is single-threaded);
+    most MAX_STREAMS) parsed by as many threads (each range's blocks are parsed serially);
     each range fills its own part of the sink and the parts are joined in file order.
     """
     started = time.perf_counter()
@@ -197,8 +197,10 @@ def scan_ratings(path, sink: RatingSink, lenient=False, block_bytes=BLOCK_BYTES,
         try:
             if len(ranges) > 1:
                 _read_typed_ranges(path, header, ranges, block_bytes, sink, progress)
-            else:
+            elif storage.is_gcs(path):
                 _read_typed(stream, path, header, block_bytes, sink, progress)
+            else:
+                _read_typed(_native_range(path, *ranges[0]), path, header, block_bytes, sink, progress)
         except _FastPathFailed as exc:
             failure = str(exc)
         else:
@@ -213,6 +215,8 @@ def scan_ratings(path, sink: RatingSink, lenient=False, block_bytes=BLOCK_BYTES,
         _read_lenient(path, header, block_bytes, skipped, sink, progress)
     if progress.rows % progress.every:
         progress.log()
+    if progress.rows == 0:
+        raise InputError(path, "no rating rows after the header", line=2, expected="at least one rating row")
     saw_minus_one = progress.min_rating == -1
     return Scan(S.rating_layout_name(header, saw_minus_one), progress.rows, time.perf_counter() - started)
 
@@ -277,20 +281,48 @@ def _compact_ids(ids: np.ndarray) -> np.ndarray:
 
 
 def _read_typed(stream, path, header, block_bytes, sink: RatingSink, progress: _Progress, part_of_file=False):
-    read_options = pacsv.ReadOptions(column_names=header, block_size=block_bytes, use_threads=True)
+    failure = _stream_batches(stream, header, block_bytes, sink, progress)
+    if failure is not None:
+        empty = failure.startswith("Empty CSV file")
+        if not (empty and (part_of_file or _is_empty_body(failure, progress))):
+            raise _FastPathFailed(failure)
+
+
+def _stream_batches(stream, header, block_bytes, sink: RatingSink, progress: _Progress) -> str | None:
+    """Parse ``stream`` into ``sink`` a block of whole lines at a time; the parse error's text, or None.
+
+    Each block is read here and parsed by a serial ``read_csv`` that is done with it when it returns. Arrow's
+    streaming reader instead reads ahead on its own threads, which outlive a parse error: when the process
+    then exits on that error they abort it ("terminate called without an active exception", rc 134).
+    """
+    read_options = pacsv.ReadOptions(column_names=header, block_size=2 * block_bytes + 1024, use_threads=False)
     convert_options = pacsv.ConvertOptions(
         column_types={S.USER_COL: pa.int64(), S.ANIME_COL: pa.int64(), S.RATING_COL: pa.int8()},
         include_columns=list(S.RATING_COLUMNS),
     )
     try:
-        for batch in pacsv.open_csv(stream, read_options=read_options, convert_options=convert_options):
-            arrays = _checked_batch(batch)
-            sink.add(*arrays)
-            progress.add(arrays[2])
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        empty = str(exc).startswith("Empty CSV file")
-        if not (empty and (part_of_file or _is_empty_body(exc, progress))):
-            raise _FastPathFailed(str(exc)) from None
+        for block in _line_blocks(stream, block_bytes):
+            table = pacsv.read_csv(pa.BufferReader(block), read_options=read_options, convert_options=convert_options)
+            for batch in table.to_batches():
+                arrays = _checked_batch(batch)
+                sink.add(*arrays)
+                progress.add(arrays[2])
+    except (pa.ArrowInvalid, pa.ArrowTypeError, _FastPathFailed) as exc:
+        return str(exc)
+    return None
+
+
+def _line_blocks(stream, block_bytes: int):
+    """``stream`` in blocks of about ``block_bytes`` that end at a line break (the last one may not)."""
+    rest = b""
+    while chunk := stream.read(block_bytes):
+        data = rest + bytes(chunk)
+        cut = data.rfind(b"\n") + 1
+        rest = data[cut:]
+        if cut:
+            yield data[:cut]
+    if rest:
+        yield rest
 
 
 def _byte_ranges(path, stream, streams) -> list[tuple[int, int]]:
@@ -321,29 +353,10 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-class _RangeFile(io.RawIOBase):
-    """Bytes ``start:end`` of a local file, as a stream."""
-
-    def __init__(self, path, start, end):
-        super().__init__()
-        self.file = open(os.fspath(path), "rb", buffering=0)
-        self.file.seek(start)
-        self.left = end - start
-
-    def readable(self):
-        return True
-
-    def readinto(self, buffer):
-        n = min(len(buffer), self.left)
-        if n <= 0:
-            return 0
-        got = self.file.readinto(memoryview(buffer)[:n])
-        self.left -= got
-        return got
-
-    def close(self):
-        self.file.close()
-        super().close()
+def _native_range(path, start, end) -> pa.NativeFile:
+    """Bytes ``start:end`` of a local file, as an Arrow stream over a memory map."""
+    mapped = pa.memory_map(os.fspath(path))
+    return pa.BufferReader(mapped.read_at(end - start, start))
 
 
 def _read_typed_ranges(path, header, ranges, block_bytes, sink: RatingSink, progress: _Progress):
@@ -352,8 +365,8 @@ def _read_typed_ranges(path, header, ranges, block_bytes, sink: RatingSink, prog
 
     def read(i, start, end):
         try:
-            with _RangeFile(path, start, end) as stream:
-                _read_typed(stream, path, header, block_bytes, parts[i], progress, part_of_file=True)
+            _read_typed(_native_range(path, start, end), path, header, block_bytes, parts[i], progress,
+                        part_of_file=True)
         except _FastPathFailed as exc:
             failures[i] = exc
         except BaseException as exc:  # re-raised below, in the caller's thread
@@ -371,9 +384,9 @@ def _read_typed_ranges(path, header, ranges, block_bytes, sink: RatingSink, prog
     sink.join(parts)
 
 
-def _is_empty_body(exc, progress) -> bool:
+def _is_empty_body(failure: str, progress) -> bool:
     """pyarrow refuses a header-only file; for us that is simply zero rows."""
-    return str(exc).startswith("Empty CSV file") and progress.rows == 0
+    return failure.startswith("Empty CSV file") and progress.rows == 0
 
 
 def _checked_batch(batch):
@@ -593,6 +606,8 @@ def read_metadata(path, lenient=False, skipped: SkipReport | None = None) -> Met
         names.append(row[name_pos].strip() or None)
         genres.append(_genres(row[genres_pos]))
         types.append(_anime_type(row[type_pos]))
+    if not first_line:
+        raise InputError(path, "no anime rows after the header", line=2, expected="at least one anime row")
     ids = np.fromiter(first_line, np.int64, len(first_line))
     order = np.argsort(ids, kind="stable")
     pick = order.tolist()
