@@ -37,6 +37,8 @@ MAX_ID = 2**63 - 1
 MAX_RATINGS = 1000
 MAX_EXCLUDE = 1000
 MAX_FILTER_NAMES = 50
+MAX_EXCLUDE_CHARS = 2000     # a GET's exclude, genre and type fit gunicorn's request line (server.py) even
+MAX_NAMES_CHARS = 500        # percent-encoded; longer exclusion lists go in the POST body
 UINT = re.compile(r"[0-9]{1,19}")      # an id or count as the routes accept it (also the hot route's)
 API_KEY_HEADER = "X-API-Key"
 DEFAULT_RATE_LIMIT = 60
@@ -135,8 +137,9 @@ def _names(args, name: str) -> tuple[str, ...]:
     if raw is None:
         return ()
     names = tuple(part.strip() for part in raw.split(","))
-    if not all(names) or len(names) > MAX_FILTER_NAMES or any(len(x) > 64 for x in names):
-        raise BadParameter(name, f"must be 1..{MAX_FILTER_NAMES} comma-separated names, got {raw[:40]!r}")
+    if not all(names) or len(raw) > MAX_NAMES_CHARS or len(names) > MAX_FILTER_NAMES or any(len(x) > 64 for x in names):
+        raise BadParameter(name, f"must be 1..{MAX_FILTER_NAMES} comma-separated names, at most {MAX_NAMES_CHARS} "
+                                 f"characters, got {raw[:40]!r}")
     return names
 
 
@@ -147,8 +150,10 @@ def parse_filters(args) -> Filters:
     raw = _arg(args, "exclude")
     if raw is not None:
         parts = raw.split(",")
-        if len(parts) > MAX_EXCLUDE or not all(UINT.fullmatch(p) and int(p) <= MAX_ID for p in parts):
-            raise BadParameter("exclude", f"must be 1..{MAX_EXCLUDE} comma-separated non-negative anime ids, "
+        if len(raw) > MAX_EXCLUDE_CHARS or len(parts) > MAX_EXCLUDE or not all(
+                UINT.fullmatch(p) and int(p) <= MAX_ID for p in parts):
+            raise BadParameter("exclude", f"must be comma-separated non-negative anime ids, at most "
+                                          f"{MAX_EXCLUDE_CHARS} characters (longer lists: the POST body), "
                                           f"got {raw[:40]!r}")
         exclude = tuple(int(p) for p in parts)
     return Filters(exclude, _names(args, "genre"), _names(args, "type"))
@@ -171,9 +176,10 @@ def _json_int(name: str, value, lo: int, hi: int) -> int:
     return value
 
 
-def parse_new_user() -> tuple[list[int], list[int], int]:
+def _json_object(fields: set[str]) -> dict:
+    """The request's JSON object body; a 400 naming the problem (or the first field not in ``fields``)."""
     if not request.is_json:
-        raise BadParameter("body", "must be a JSON object with 'ratings' (Content-Type: application/json)")
+        raise BadParameter("body", "must be a JSON object (Content-Type: application/json)")
     data = request.get_data(cache=True)
     limit = current_app.config.get("MAX_CONTENT_LENGTH")
     if request.content_length is None and limit is not None and len(data) >= limit:
@@ -184,9 +190,54 @@ def parse_new_user() -> tuple[list[int], list[int], int]:
         raise BadParameter("body", "is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadParameter("body", "must be a JSON object")
-    unknown = set(body) - {"ratings", "n"}
+    unknown = set(body) - fields
     if unknown:
         raise BadParameter(sorted(unknown)[0][:40], "unknown field")
+    return body
+
+
+def _json_bool(body: dict, name: str, default: bool) -> bool:
+    value = body.get(name, default)
+    if not isinstance(value, bool):
+        raise BadParameter(name, f"must be true or false, got {json.dumps(value)[:40]}")
+    return value
+
+
+def _json_filters(body: dict) -> Filters:
+    exclude = body.get("exclude", [])
+    if not isinstance(exclude, list) or len(exclude) > MAX_EXCLUDE:
+        raise BadParameter("exclude", f"must be a list of at most {MAX_EXCLUDE} anime ids")
+    ids = tuple(_json_int(f"exclude[{i}]", v, 0, MAX_ID) for i, v in enumerate(exclude))
+    names = {}
+    for name in ("genre", "type"):
+        value = body.get(name, [])
+        if not isinstance(value, list) or len(value) > MAX_FILTER_NAMES or not all(
+                isinstance(x, str) and x.strip() and len(x) <= 64 for x in value):
+            raise BadParameter(name, f"must be a list of at most {MAX_FILTER_NAMES} names of 1..64 characters")
+        names[name] = tuple(x.strip() for x in value)
+    return Filters(ids, names["genre"], names["type"])
+
+
+@recommendations.post(USER_RECOMMENDATIONS.removeprefix(recommendations.url_prefix))
+def user_recommendations_post(user_id: str):
+    """The GET with its parameters in a JSON body, for exclusion lists too long for a URL."""
+    uid = parse_id("user_id", user_id)
+    if request.args:
+        raise BadParameter(next(iter(request.args))[:40], "give the parameters in the JSON body, not the query")
+    body = _json_object({"n", "source", "include_adult", "explain", "exclude", "genre", "type"})
+    n = _json_int("n", body.get("n", DEFAULT_N), 1, MAX_N)
+    source = body.get("source", "auto")
+    if source not in ("live", "auto"):
+        raise BadParameter("source", f"must be 'live' or 'auto', got {json.dumps(source)[:40]}")
+    answer = _service().user_recommendations(uid, n, live=source == "live",
+                                             include_adult=_json_bool(body, "include_adult", False),
+                                             filters=_json_filters(body), explain=_json_bool(body, "explain", True))
+    _answered(answer)
+    return _json(answer.to_json("user_id", uid))
+
+
+def parse_new_user() -> tuple[list[int], list[int], int]:
+    body = _json_object({"ratings", "n"})
     ratings = body.get("ratings")
     if not isinstance(ratings, list) or not 1 <= len(ratings) <= MAX_RATINGS:
         raise BadParameter("ratings", f"must be a list of 1..{MAX_RATINGS} {{anime_id, rating}} objects")

@@ -13,10 +13,16 @@ after each response, so every request pays a TCP handshake and an accept on thes
 keeps connections alive and the thread hand-off and GIL switches cost less than that. gevent
 monkey-patches the socket layer redis-py uses and buys nothing for a handler that never waits long.
 ``threads=1`` with no explicit class selects ``sync``.
+
+Requests gunicorn itself refuses before the app sees them (a request line over ``LIMIT_REQUEST_LINE``, too
+many or too large headers, an unparsable request) are answered in the API's JSON error form
+(``JsonErrors``), not gunicorn's HTML page. The request line limit is gunicorn's ceiling, so the GET
+limits in schemas/openapi.json fit it even percent-encoded.
 """
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import shutil
@@ -24,6 +30,7 @@ import tempfile
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
+from gunicorn.util import load_class
 
 from fuserank import logs
 
@@ -31,6 +38,7 @@ log = logging.getLogger("fuserank.api")
 WORKER_CLASS_ENV = "FUSERANK_WORKER_CLASS"
 WORKER_CLASSES = ("sync", "gthread", "gevent")
 DEFAULT_WORKER_CLASS = "gthread"
+LIMIT_REQUEST_LINE = 8190       # gunicorn's maximum (its default is 4094)
 
 
 class GunicornApp(BaseApplication):
@@ -54,6 +62,49 @@ class RootLogger(GunicornLogger):
         for handler in list(self.error_log.handlers):
             self.error_log.removeHandler(handler)
         self.error_log.propagate = True
+
+
+class _Captured:
+    """Stands in for the client socket while gunicorn writes its error page, keeping the bytes."""
+
+    def __init__(self):
+        self.data = b""
+
+    def gettimeout(self):
+        return 0.0
+
+    def sendall(self, data):
+        self.data += data
+
+
+class JsonErrors:
+    """Worker mixin: gunicorn's own error answers (414, 431, 400 ...) as ``{"error": {...}}`` JSON.
+
+    gunicorn's ``handle_error`` logs and picks the status; its page is written to ``_Captured`` and only
+    its status line is kept.
+    """
+
+    def handle_error(self, req, client, addr, exc):
+        captured = _Captured()
+        super().handle_error(req, captured, addr, exc)
+        parts = captured.data.split(b"\r\n", 1)[0].split(b" ", 2)
+        if len(parts) < 3 or not parts[1].isdigit():
+            return
+        status, reason = int(parts[1]), parts[2].decode("latin-1")
+        message = str(exc) if status < 500 else "internal error"
+        body = json.dumps({"error": {"status": status, "message": message}}).encode()
+        head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
+        try:
+            client.sendall(head + body)
+        except OSError:
+            log.debug("could not send the error answer")
+
+
+def json_error_worker(name: str) -> type:
+    """The gunicorn worker class ``name`` (sync, gthread, gevent) with ``JsonErrors`` mixed in."""
+    base = load_class(name, section="gunicorn.workers")
+    return type(f"JsonErrors{base.__name__}", (JsonErrors, base), {})
 
 
 def _child_exit(server, worker):
@@ -82,7 +133,8 @@ def worker_class(threads: int, requested: str | None = None) -> str:
 def gunicorn_options(host: str, port: int, workers: int, threads: int, klass: str | None = None,
                      app=None) -> dict:
     klass = klass or worker_class(threads)
-    options = {"bind": f"{host}:{port}", "workers": workers, "threads": threads, "worker_class": klass,
+    options = {"bind": f"{host}:{port}", "workers": workers, "threads": threads,
+               "worker_class": json_error_worker(klass), "limit_request_line": LIMIT_REQUEST_LINE,
                "preload_app": True, "timeout": 30, "graceful_timeout": 10, "keepalive": 5, "accesslog": None,
                "loglevel": "warning", "logger_class": RootLogger, "child_exit": _child_exit,
                "worker_exit": _worker_exit_flushing(app)}
