@@ -24,6 +24,7 @@ setup(
         "redis>=5",
         "flask>=3",
         "gunicorn>=22",
+        "gevent>=24.10.1",        # FUSERANK_WORKER_CLASS=gevent: slow clients cost a greenlet, not a thread
         "prometheus-client>=0.20",
         "google-cloud-storage>=2.14",
     ],

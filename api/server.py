@@ -12,7 +12,9 @@ gevent measured side by side; see benchmarks/README.md "Serving"). A sync worker
 after each response, so every request pays a TCP handshake and an accept on these same 2 cores; gthread
 keeps connections alive and the thread hand-off and GIL switches cost less than that. gevent
 monkey-patches the socket layer redis-py uses and buys nothing for a handler that never waits long.
-``threads=1`` with no explicit class selects ``sync``.
+``threads=1`` with no explicit class selects ``sync``. gthread's weakness: a client that sends part of its
+headers and then nothing holds one of the 8 threads, so 8 such sockets stop the API (measured in
+tests/test_slow_clients.py and benchmarks/bench_slow_clients.py); gevent holds them as greenlets.
 
 Requests gunicorn itself refuses before the app sees them (a request line over ``LIMIT_REQUEST_LINE``, too
 many or too large headers, an unparsable request) are answered in the API's JSON error form
