@@ -142,7 +142,7 @@ def test_unknown_anime_is_404_json(client):
 def test_unknown_route_and_wrong_method_are_json(client):
     assert client.get("/v2/nothing").status_code == 404
     assert client.get("/v2/nothing").is_json
-    r = client.post("/v1/users/1/recommendations")
+    r = client.delete("/v1/users/1/recommendations")      # GET and POST only
     assert r.status_code == 405 and r.is_json
 
 
