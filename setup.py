@@ -23,7 +23,7 @@ setup(
         "scipy>=1.11",
         "redis>=5",
         "flask>=3",
-        "gunicorn>=22",
+        "gunicorn>=25.1",
         "prometheus-client>=0.20",
         "google-cloud-storage>=2.14",
     ],

@@ -13,6 +13,9 @@ after each response, so every request pays a TCP handshake and an accept on thes
 keeps connections alive and the thread hand-off and GIL switches cost less than that. gevent
 monkey-patches the socket layer redis-py uses and buys nothing for a handler that never waits long.
 ``threads=1`` with no explicit class selects ``sync``.
+
+gunicorn's control socket (for ``gunicornc``, unused here) is off: it lives under ``$HOME``, which the
+images' user does not have, on a read-only root.
 """
 from __future__ import annotations
 
@@ -85,7 +88,7 @@ def gunicorn_options(host: str, port: int, workers: int, threads: int, klass: st
     options = {"bind": f"{host}:{port}", "workers": workers, "threads": threads, "worker_class": klass,
                "preload_app": True, "timeout": 30, "graceful_timeout": 10, "keepalive": 5, "accesslog": None,
                "loglevel": "warning", "logger_class": RootLogger, "child_exit": _child_exit,
-               "worker_exit": _worker_exit_flushing(app)}
+               "worker_exit": _worker_exit_flushing(app), "control_socket_disable": True}
     if klass == "gevent":
         options["worker_connections"] = 256
     return options
