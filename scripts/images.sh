@@ -44,8 +44,8 @@ update_locks() {
   uv=$(command -v uv || true)
   [ -n "$uv" ] || { [ -x .venv/bin/uv ] || .venv/bin/python -m pip install -q uv; uv=.venv/bin/uv; }
   local common=(--generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-header)
-  "$uv" pip compile setup.py locks/api.in "${common[@]}" -o locks/api.txt
-  "$uv" pip compile setup.py locks/batch.in --extra train --extra batch "${common[@]}" -o locks/batch.txt
+  "$uv" pip compile --quiet setup.py locks/api.in "${common[@]}" -o locks/api.txt
+  "$uv" pip compile --quiet setup.py locks/batch.in --extra train --extra batch "${common[@]}" -o locks/batch.txt
   say "locks regenerated: $(grep -c '^[a-z]' locks/api.txt) pins in locks/api.txt, $(grep -c '^[a-z]' locks/batch.txt) in locks/batch.txt"
 }
 

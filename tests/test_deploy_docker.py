@@ -1,5 +1,6 @@
-"""Dockerfile.api / Dockerfile.batch: hadolint, structure, and that the API image's code runs without the
-training stack. No Docker engine runs where the tests run, so nothing here builds an image."""
+"""Dockerfile.api / Dockerfile.batch: hadolint, structure, the locks, the import checks, and that the API image's
+code runs without the training stack. Nothing here builds an image: scripts/images.sh (run by .ci/run) builds and
+runs both."""
 from __future__ import annotations
 
 import fnmatch
@@ -220,7 +221,7 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_installed_package_carries_its_data_files(wheel):
     """What the images install is a built wheel, not this checkout: the files read at run time beside the code
-    (the kernel source the batch image compiles, schemas, web assets) must be in it."""
+    (kernel sources, schemas, web assets) must be in it."""
     import zipfile
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "fuserank/training/kernels/rowwise_adagrad.cc" in names and "fuserank/training/fused.py" in names
