@@ -23,7 +23,7 @@ setup(
         "scipy>=1.11",
         "redis>=5",
         "flask>=3",
-        "gunicorn>=22",
+        "gunicorn>=25.1",
         "gevent>=24.10.1",        # FUSERANK_WORKER_CLASS=gevent: slow clients cost a greenlet, not a thread
         "prometheus-client>=0.20",
         "google-cloud-storage>=2.14",

@@ -20,6 +20,9 @@ Requests gunicorn itself refuses before the app sees them (a request line over `
 many or too large headers, an unparsable request) are answered in the API's JSON error form
 (``JsonErrors``), not gunicorn's HTML page. The request line limit is gunicorn's ceiling, so the GET
 limits in schemas/openapi.json fit it even percent-encoded.
+
+gunicorn's control socket (for ``gunicornc``, unused here) is off: it lives under ``$HOME``, which the
+images' user does not have, on a read-only root.
 """
 from __future__ import annotations
 
@@ -139,7 +142,7 @@ def gunicorn_options(host: str, port: int, workers: int, threads: int, klass: st
                "worker_class": json_error_worker(klass), "limit_request_line": LIMIT_REQUEST_LINE,
                "preload_app": True, "timeout": 30, "graceful_timeout": 10, "keepalive": 5, "accesslog": None,
                "loglevel": "warning", "logger_class": RootLogger, "child_exit": _child_exit,
-               "worker_exit": _worker_exit_flushing(app)}
+               "worker_exit": _worker_exit_flushing(app), "control_socket_disable": True}
     if klass == "gevent":
         options["worker_connections"] = 256
     return options

@@ -1,11 +1,13 @@
-"""Dockerfile.api / Dockerfile.batch: hadolint, structure, and that the API image's code runs without the
-training stack. No Docker engine runs where the tests run, so nothing here builds an image."""
+"""Dockerfile.api / Dockerfile.batch: hadolint, structure, the locks, the import checks, and that the API image's
+code runs without the training stack. Nothing here builds an image: scripts/images.sh (run by .ci/run) builds and
+runs both."""
 from __future__ import annotations
 
 import fnmatch
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from importlib import metadata
@@ -91,7 +93,7 @@ def test_multi_stage_pinned_non_root(dockerfile):
         image = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), image)
         name, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "")
         assert tag and tag != "latest" and re.search(r"\d+\.\d+", tag), f"{dockerfile}: base {image} not pinned"
-    assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", args["PYTHON_IMAGE"]), args["PYTHON_IMAGE"]
+    assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", args["PYTHON_BASE"]), args["PYTHON_BASE"]
     final = st[-1]
     users = [rest for word, rest in final if word == "USER"]
     assert users, f"{dockerfile}: final stage has no USER"
@@ -101,37 +103,62 @@ def test_multi_stage_pinned_non_root(dockerfile):
     assert not any(word == "RUN" and "pip install" in rest for word, rest in final)
 
 
+def locked(lock: str) -> dict[str, str]:
+    """name -> pinned version of a lock file under locks/."""
+    text = (ROOT / "locks" / lock).read_text()
+    return {m.group(1).lower(): m.group(2) for m in re.finditer(r"^([A-Za-z0-9_.\-]+)==(\S+)", text, re.M)}
+
+
+def setup_requirements(extras: tuple[str, ...] = ()) -> set[str]:
+    reqs = [r for r in metadata.requires("fuserank") or []
+            if "extra ==" not in r or any(f'extra == "{e}"' in r for e in extras)]
+    return {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in reqs}
+
+
+@pytest.mark.parametrize("lock,extras", [("api.txt", ()), ("batch.txt", ("train", "batch"))])
+def test_locks_pin_every_requirement_with_hashes(lock, extras):
+    text = (ROOT / "locks" / lock).read_text()
+    pins = locked(lock)
+    assert setup_requirements(extras) <= set(pins), setup_requirements(extras) - set(pins)
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", text.strip())
+    reqs = [b for b in blocks if not b.startswith("#")]
+    assert len(reqs) == len(pins) and all("--hash=sha256:" in b for b in reqs)
+    dockerfile = "Dockerfile.api" if lock == "api.txt" else "Dockerfile.batch"
+    installs = [cmd.strip() for word, rest in instructions(dockerfile) if word == "RUN"
+                for cmd in rest.split("&&") if "pip install" in cmd]
+    assert installs[0].endswith(f"--require-hashes --no-deps -r /tmp/{lock}"), installs
+    assert all("--no-deps" in cmd for cmd in installs), "every install takes what the lock pinned, nothing else"
+
+
 def test_api_image_has_healthcheck_and_serving_stack_only():
     ins = instructions("Dockerfile.api")
     health = [rest for word, rest in ins if word == "HEALTHCHECK"]
     assert len(health) == 1 and "/healthz" in health[0] and "--interval" in health[0]
     runs = " ".join(rest for word, rest in ins if word == "RUN")
-    installs = [cmd.strip() for word, rest in ins if word == "RUN" for cmd in rest.split("&&") if "pip install" in cmd]
-    assert "pip install --no-cache-dir ." in installs, "API image must install the base package only"
-    for heavy in ("[train", "[batch", "tensorflow", "apache-beam", "dvc"):
-        assert not any(heavy in cmd for cmd in installs), installs
+    pins = locked("api.txt")
+    for heavy in ("tensorflow", "tensorflow-cpu", "apache-beam", "dvc", "comet-ml", "matplotlib"):
+        assert heavy not in pins
     for module in TRAINING_STACK:      # the build step proves they did not come in transitively
         assert f"'{module}'" in runs
+    assert "pip uninstall --yes --quiet setuptools wheel pip" in runs   # no build tools in the final stage
     entry = [rest for word, rest in ins if word in ("ENTRYPOINT", "CMD")]
     assert '"fuserank"' in entry[0] and '"serve"' in entry[1] and '"0.0.0.0"' in entry[1]
 
 
 def test_batch_image_carries_train_batch_and_dvc():
     ins = instructions("Dockerfile.batch")
-    runs = " ".join(rest for word, rest in ins if word == "RUN")
-    assert '"./[train,batch]"' in runs and "apache-beam[gcp]==" in runs and "dvc[gs]==" in runs
+    pins = locked("batch.txt")
+    assert {"tensorflow-cpu", "apache-beam", "dvc", "dvc-gs", "comet-ml", "google-cloud-dataflow-client"} <= set(pins)
     froms = [rest for word, rest in ins if word == "FROM"]
-    assert any(f.startswith("apache/beam_python3.11_sdk:${BEAM_VERSION}") for f in froms)
+    assert "${BEAM_BASE} AS beam-sdk" in froms
+    beam_base = build_args("Dockerfile.batch")["BEAM_BASE"]
+    assert beam_base == f"apache/beam_python3.11_sdk:{pins['apache-beam']}", "Beam's boot and the SDK go together"
     entry = [rest for word, rest in ins if word == "ENTRYPOINT"][-1]
     assert "/opt/apache/beam/boot" in entry      # usable as Dataflow's --sdk_container_image
-    env = " ".join(rest for word, rest in stages("Dockerfile.batch")[-1] if word == "ENV")
-    assert "FUSERANK_PROJECT_DIR=/opt/fuserank" in env and "FUSERANK_WORKDIR=/work" in env
-    # the fused training step is built in the build stage (g++ there only) and its library carried over
-    assert "fused.load() is not None" in runs and "g++=" in runs
-    assert "FUSERANK_KERNEL_CACHE=/opt/fuserank-kernels" in env
     final = stages("Dockerfile.batch")[-1]
-    assert ("COPY", "--from=build /opt/fuserank-kernels /opt/fuserank-kernels") in final
-    assert not any("g++" in rest for word, rest in final if word == "RUN")
+    env = " ".join(rest for word, rest in final if word == "ENV")
+    assert "FUSERANK_PROJECT_DIR=/opt/fuserank" in env and "FUSERANK_WORKDIR=/work" in env
+    assert ("COPY", "--from=beam-sdk /opt/apache/beam /opt/apache/beam") in final
 
 
 def _dockerignored(rel: str, patterns: list[str]) -> bool:
@@ -167,19 +194,18 @@ def test_copy_sources_exist_and_are_in_the_build_context(dockerfile):
 
 def test_base_install_is_the_serving_stack():
     """setup.py's base requirements (= the API image) carry no training/batch stack."""
-    base = [r for r in metadata.requires("fuserank") or [] if "extra ==" not in r]
-    names = {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower() for r in base}
+    names = setup_requirements()
     assert {"flask", "gunicorn", "redis", "numpy", "pandas", "pyarrow", "scipy", "google-cloud-storage"} <= names
     assert not names & {"tensorflow", "tensorflow-cpu", "apache-beam", "dvc", "comet-ml", "matplotlib"}
 
 
-def test_installed_package_carries_its_data_files(tmp_path):
-    """What the images install is a built wheel (pip install "./[...]"), not this checkout: the files read at
-    run time beside the code (the kernel source the batch image compiles, schemas, web assets) must be in it."""
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """FuseRank built as a wheel from a copy of the sources, as the images build it."""
     import ast
     import shutil
-    import zipfile
-    src = tmp_path / "src"       # a copy: building writes build/ and *.egg-info beside setup.py
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"       # a copy: building writes build/ and *.egg-info beside setup.py
     src.mkdir()
     shutil.copy(ROOT / "setup.py", src)
     units = next(ast.literal_eval(node.value) for node in ast.parse((ROOT / "setup.py").read_text()).body
@@ -187,13 +213,52 @@ def test_installed_package_carries_its_data_files(tmp_path):
     for folder in ("fuserank", *units):
         shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+                           "-w", str(tmp / "dist"), str(src)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    (wheel,) = (tmp_path / "dist").glob("fuserank-*.whl")
+    (built,) = (tmp / "dist").glob("fuserank-*.whl")
+    return built
+
+
+def test_installed_package_carries_its_data_files(wheel):
+    """What the images install is a built wheel, not this checkout: the files read at run time beside the code
+    (kernel sources, schemas, web assets) must be in it."""
+    import zipfile
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "fuserank/training/kernels/rowwise_adagrad.cc" in names and "fuserank/training/fused.py" in names
     assert any(n.startswith("fuserank/schemas/") and n.endswith(".json") for n in names)
     assert any(n.startswith("fuserank/api/templates/") for n in names)
+
+
+def import_checks(dockerfile: str) -> list[str]:
+    """The `python ... -c "import ..."` commands a Dockerfile's RUN steps check the installed package with."""
+    runs = [rest for word, rest in instructions(dockerfile) if word == "RUN"]
+    return [cmd.strip() for rest in runs for cmd in rest.split("&&") if re.search(r'-c "import [^"]*\bfuserank\.', cmd)]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_import_checks_cannot_be_shadowed_by_the_source_folder(dockerfile, wheel, tmp_path):
+    """The build stage holds the source folder fuserank/ without api/, batch/, training/ (setup.py maps those in):
+    a check that puts the working directory first on sys.path imports that folder and fails. Each check of the
+    Dockerfile, run as written beside such a folder against the installed wheel, must pass; the same check
+    without -P must not (so this test sees the shadowing it guards against)."""
+    import sysconfig
+    checks = import_checks(dockerfile)
+    assert checks and all(c.startswith("python -P -c ") for c in checks), checks
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(target),
+                    str(wheel)], check=True, capture_output=True, timeout=300)
+    shadow = tmp_path / "src" / "fuserank"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("")
+    # -S: no .pth files, so the dev install's editable finder cannot resolve fuserank.* behind the check's back
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), sysconfig.get_paths()["purelib"]])}
+    for check in checks:
+        argv = [sys.executable, "-S", *shlex.split(check)[1:]]
+        proc = subprocess.run(argv, cwd=shadow.parent, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{check}\n{proc.stderr[-2000:]}"
+        unguarded = subprocess.run([a for a in argv if a != "-P"], cwd=shadow.parent, env=env, capture_output=True,
+                                   text=True, timeout=300)
+        assert unguarded.returncode != 0 and "No module named 'fuserank." in unguarded.stderr, unguarded.stderr[-2000:]
 
 
 BLOCKER = """

@@ -290,3 +290,33 @@ def test_gke_overlay_memorystore_gcs_workload_identity():
     cj = find(docs, "CronJob", "fuserank-nightly")
     assert re.fullmatch(r"[a-z0-9-]+-docker\.pkg\.dev/[^/]+/[^/]+/fuserank-batch:\S+",
                         pod_spec(cj)["containers"][0]["image"])
+
+
+def images_script_setting(name: str) -> str:
+    match = re.search(rf"^{name}=(.+)$", (ROOT / "scripts" / "images.sh").read_text(), re.M)
+    assert match, f"scripts/images.sh sets no {name}"
+    return match.group(1).strip()
+
+
+def test_security_contexts_are_the_ones_scripts_images_runs_with(overlay):
+    """scripts/images.sh runs both images as the Deployment and the CronJob would: same uid, read-only root,
+    no capabilities, no privilege escalation, /tmp a volume; the local overlay names the images it builds."""
+    name, docs = overlay
+    uid = int(images_script_setting("APP_UID"))
+    secure = images_script_setting("SECURE")
+    for flag in (f'--user "$APP_UID:$APP_UID"', "--read-only", "--cap-drop ALL", "--security-opt no-new-privileges",
+                 "--tmpfs /tmp"):
+        assert flag in secure, flag
+    built = {images_script_setting("API_IMAGE"), images_script_setting("BATCH_IMAGE")}
+    for kind, obj in (("Deployment", "fuserank-api"), ("CronJob", "fuserank-nightly")):
+        spec = pod_spec(find(docs, kind, obj))
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True and pod["runAsUser"] == pod["runAsGroup"] == uid
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}      # Docker's default profile
+        for c in containers(spec):
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False, c["name"]
+            assert sc["capabilities"]["drop"] == ["ALL"], c["name"]
+            assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"]), c["name"]
+            if name == "local":
+                assert c["image"] in built, c["image"]

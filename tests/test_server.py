@@ -1,5 +1,6 @@
 """The real thing once: `fuserank serve` under gunicorn, over HTTP on 127.0.0.1."""
 import json
+import os
 import signal
 import urllib.error
 import urllib.request
@@ -48,3 +49,15 @@ def test_sigint_stops_gunicorn(server):
     base, proc = server
     proc.send_signal(signal.SIGINT)
     assert proc.wait(20) == 0
+
+
+def test_no_control_socket_error_without_a_home(trained_model, redis_url, tmp_path):
+    """The images run as a user whose $HOME (/nonexistent) cannot be created: gunicorn must not try to."""
+    home = tmp_path / "home-is-a-file"
+    home.write_text("")
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    base, proc = start_server(trained_model[0], empty_db(redis_url, 5), env={**env, "HOME": str(home)})
+    assert get(f"{base}/healthz")[0] == 200
+    stop_server(proc)
+    out = proc.stdout.read().decode()
+    assert "Control server" not in out and "control" not in out.lower(), out[-3000:]
