@@ -191,7 +191,7 @@ def test_installed_package_carries_its_data_files(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("fuserank-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "fuserank/training/kernels/rowwise_adagrad.cc" in names and "fuserank/training/fused.py" in names
+    assert "fuserank/training/sampled.py" in names and "fuserank/training/knobs.py" in names
     assert any(n.startswith("fuserank/schemas/") and n.endswith(".json") for n in names)
     assert any(n.startswith("fuserank/api/templates/") for n in names)
 
