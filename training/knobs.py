@@ -38,8 +38,8 @@ class SearchSpace:
     low_weight: tuple = (0.25, 1.0)
     positive_weight: tuple = (1.0, 4.0)
     stage2_neighbours: tuple = (1, 2, 5, 20)
-    weight_stage1: tuple = (0.0, 0.05, 0.1)
-    weight_stage2: tuple = (0.0, 0.05, 0.15, 0.3)
+    weight_stage1: tuple = (0.0, 0.1, 0.25)
+    weight_stage2: tuple = (0.05, 0.15, 0.3, 0.6)
     max_ratings: int = 2_000_000     # training ratings the candidates are fit on (a user sample beyond)
     max_users: int = 5_000           # validation users the candidates are scored on
     budget_s: float = 150.0          # no further candidate is fit once the search has run this long
