@@ -14,8 +14,7 @@ setup(
     python_requires=">=3.10",
     packages=["fuserank"] + [f"fuserank.{u}" for u in UNITS],
     package_dir={"fuserank": "fuserank", **{f"fuserank.{u}": u for u in UNITS}},
-    package_data={"fuserank.schemas": ["*.json"], "fuserank.api": ["templates/*.html", "static/*"],
-                  "fuserank.training": ["kernels/*.cc"]},
+    package_data={"fuserank.schemas": ["*.json"], "fuserank.api": ["templates/*.html", "static/*"]},
     install_requires=[
         "numpy>=1.26",
         "pandas>=2.1",

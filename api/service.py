@@ -213,7 +213,7 @@ class _Pointer:
 
 class RecommendationService:
     def __init__(self, model_dir: str, redis_url: str, settings: HybridSettings | None = None):
-        self.settings = settings or HybridSettings()
+        self.settings = settings
         self.model_dir = model_dir
         self.redis_url = redis_url
         self.redis = redis.Redis.from_url(redis_url, socket_timeout=REDIS_TIMEOUT_S,
@@ -230,7 +230,9 @@ class RecommendationService:
         self._suppressed: frozenset[int] = frozenset()
         self._redis_down_until = 0.0
         self._local_counts: tuple[int, dict] = (-1, {})
-        fallback = self._build(self._load_model(model_dir), self.settings)
+        model = self._load_model(model_dir)
+        self.settings = settings or HybridSettings.for_model(model.manifest)
+        fallback = self._build(model, self.settings)
         self._bundles[fallback.key] = fallback
         self._view = View(fallback, None)
         ref = weakref.ref(self)

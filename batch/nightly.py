@@ -181,14 +181,15 @@ def precompute_params_of(params: dict) -> dict:
     return {**(params.get("hybrid") or {}), **(params.get("precompute") or {})}
 
 
-def settings_of(precompute_params: dict):
+def settings_of(precompute_params: dict, model_manifest: dict | None = None):
+    """The settings `fuserank precompute` would use: the model's chosen knobs below the params' pins."""
     from fuserank.config import HybridSettings
     knobs = {k.replace("-", "_"): v for k, v in (precompute_params or {}).items()}
-    return HybridSettings().with_overrides(**knobs)
+    return HybridSettings.for_model(model_manifest or {}, **knobs)
 
 
-def settings_digest(precompute_params: dict) -> str:
-    return settings_of(precompute_params).digest()
+def settings_digest(precompute_params: dict, model_manifest: dict | None = None) -> str:
+    return settings_of(precompute_params, model_manifest).digest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,14 +380,14 @@ def publish_if_better(model_dir: str, redis_url: str, *, margin: float, precompu
     precompute_params = precompute_params or {}
     new = load_evaluation(model_dir)
     evaluated = new.get("settings")
-    if isinstance(evaluated, dict) and evaluated != settings_of(precompute_params).to_dict():
+    settings = settings_of(precompute_params, read_manifest(model_dir))
+    if isinstance(evaluated, dict) and evaluated != settings.to_dict():
         raise NightlyError(f"{model_dir}/{EVALUATION} scored the hybrid with {evaluated}, but the precompute would "
-                           f"publish {settings_of(precompute_params).to_dict()}: evaluate with the same settings "
-                           "(params.yaml `hybrid`)")
+                           f"publish {settings.to_dict()}: evaluate with the same settings (params.yaml `hybrid`)")
     client = redis.Redis.from_url(redis_url, socket_timeout=30, socket_connect_timeout=10)
     try:
         served, published = published_evaluation(client)
-        target = keys.list_version(new["model_version"], settings_digest(precompute_params))
+        target = keys.list_version(new["model_version"], settings.digest())
         if served == target:
             print(f"fuserank nightly: list version {target} (model {new['model_version']}) is already being served; "
                   "nothing to publish", file=sys.stderr)

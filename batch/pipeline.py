@@ -195,7 +195,9 @@ def check_published(client: redis.Redis, version: str) -> str | None:
 
 def precompute(model_dir: str, redis_url: str, settings: HybridSettings | None = None,
                beam_args: list[str] | None = None, block_size: int = 512) -> dict:
-    settings = settings or HybridSettings()
+    if settings is None:
+        from fuserank.artifacts import localise, read_manifest
+        settings = HybridSettings.for_model(read_manifest(localise(model_dir)))
     t0 = time.time()
     scorer = load_scorer(model_dir, settings)   # shared with the DoFns on the in-process runner
     model = scorer.model

@@ -31,7 +31,10 @@ ANIME = "anime.parquet"
 USER_LISTS = "user_lists.npz"
 LOW_ACTIVITY = {part: f"low_activity_{part}.npy" for part in ("user_ids", "indptr", "anime", "ratings")}
 VERSIONED_FILES = (USER_EMB, ANIME_EMB, USERS, ANIME, USER_LISTS)
-OPTIONAL_FILES = tuple(LOW_ACTIVITY.values())   # versioned too when present (older artifacts lack them)
+# The embeddings of the fit that did not see the ingest's test split (the served ones are refit on every
+# rating): what `fuserank evaluate --model --data` scores, so its figures are held-out ones.
+HELDOUT_EMB = {"user": "heldout_user_embeddings.npy", "anime": "heldout_anime_embeddings.npy"}
+OPTIONAL_FILES = tuple(LOW_ACTIVITY.values()) + tuple(HELDOUT_EMB.values())   # versioned when present
 ADULT_GENRE = "Hentai"
 
 

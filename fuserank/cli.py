@@ -219,27 +219,36 @@ def _redis_url(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _hybrid_flags(p: argparse.ArgumentParser) -> None:
+    """The hybrid's knobs. Left unset, each takes what `fuserank train` chose for the model (its manifest's
+    ``chosen.hybrid``), else HybridSettings' default (shown as ``default``)."""
     if isinstance(p, SettingsParser) and "hybrid" not in p.sections:
         p.sections.insert(0, "hybrid")
     d = HybridSettings()
-    p.add_argument("--top-n", type=_int_in(1, 1000), default=d.top_n, help="list length per user")
-    p.add_argument("--neighbours", type=_int_in(1, 1000), default=d.neighbours, help="neighbours per anime")
-    p.add_argument("--similar-users", type=_int_in(1, 10000), default=d.similar_users,
-                   help="stage 1: similar users that vote")
-    p.add_argument("--like-threshold", type=_int_in(1, 10), default=d.like_threshold,
-                   help="raw rating that counts as liked")
-    p.add_argument("--stage1-seeds", type=_int_in(1, 1000), default=d.stage1_seeds,
-                   help="stage 2 expands from this many stage-1 picks (plus the user's own liked anime)")
-    p.add_argument("--weight-stage1", type=_weight, default=d.weight_stage1,
-                   help="weight of the stage-1 (similar users) term")
-    p.add_argument("--weight-stage2", type=_weight, default=d.weight_stage2,
-                   help="weight of the stage-2 (anime neighbours) term")
-    p.add_argument("--weight-model", type=_weight, default=d.weight_model,
-                   help="weight of the model's own user.anime cosine")
+    chosen = "; default: chosen by `fuserank train`, else "
+    p.add_argument("--top-n", type=_int_in(1, 1000), default=None, help=f"list length per user{chosen}{d.top_n}")
+    p.add_argument("--neighbours", type=_int_in(1, 1000), default=None,
+                   help=f"neighbours per anime{chosen}{d.neighbours}")
+    p.add_argument("--similar-users", type=_int_in(1, 10000), default=None,
+                   help=f"stage 1: similar users that vote{chosen}{d.similar_users}")
+    p.add_argument("--like-threshold", type=_int_in(1, 10), default=None,
+                   help=f"raw rating that counts as liked{chosen}{d.like_threshold}")
+    p.add_argument("--stage1-seeds", type=_int_in(1, 1000), default=None,
+                   help=f"stage 2 expands from this many stage-1 picks (plus the user's own liked anime)"
+                        f"{chosen}{d.stage1_seeds}")
+    p.add_argument("--stage2-neighbours", type=_int_in(1, 1000), default=None,
+                   help=f"stage 2 follows each seed anime's first this many neighbours{chosen}{d.stage2_neighbours}")
+    p.add_argument("--weight-stage1", type=_weight, default=None,
+                   help=f"weight of the stage-1 (similar users) term{chosen}{d.weight_stage1}")
+    p.add_argument("--weight-stage2", type=_weight, default=None,
+                   help=f"weight of the stage-2 (anime neighbours) term{chosen}{d.weight_stage2}")
+    p.add_argument("--weight-model", type=_weight, default=None,
+                   help=f"weight of the model's own user.anime cosine{chosen}{d.weight_model}")
 
 
-def _settings(args) -> HybridSettings:
-    return HybridSettings().with_overrides(**vars(args))
+def _settings(args, model: str) -> HybridSettings:
+    """The hybrid settings for ``model``: HybridSettings.for_model with the knobs given explicitly."""
+    from fuserank.artifacts import localise, read_manifest
+    return HybridSettings.for_model(read_manifest(localise(model)), **vars(args))
 
 
 def cmd_ingest(argv):
@@ -271,28 +280,31 @@ def cmd_train(argv):
                         "whose epochs are one cheap pass over users")
     p.add_argument("--embedding-dim", type=_int_in(1, 4096), default=128)
     p.add_argument("--seed", type=_int_in(0), default=0)
-    p.add_argument("--objective", choices=["rating", "ranking"], default="rating",
-                   help="rating: the seed's sigmoid regression; ranking: softmax over all anime (better lists)")
+    p.add_argument("--objective", choices=["rating", "ranking"], default="ranking",
+                   help="ranking (the served model): softmax over all anime, knobs chosen on the validation split, "
+                        "refit on every rating; rating: the seed's sigmoid regression")
     p.add_argument("--batch-size", type=_int_in(1), default=10_000, help="upper bound; shrunk on small data")
     p.add_argument("--patience", type=_int_in(1), default=None,
                    help="early-stopping patience in epochs; default 3 for rating, 10 for ranking")
-    p.add_argument("--temperature", type=_positive_float, default=RANKING.temperature,
-                   help="ranking: softmax temperature on the cosine logits")
-    p.add_argument("--positive-weight", type=_positive_float, default=RANKING.positive_weight,
-                   help="ranking: weight of ratings >= 8 relative to other ratings")
-    p.add_argument("--low-weight", type=_positive_float, default=RANKING.low_weight,
-                   help="ranking: weight of ratings <= --low-threshold (watched, disliked) relative to other ratings")
+    p.add_argument("--temperature", type=_positive_float, default=None,
+                   help=f"ranking: softmax temperature on the cosine logits; default: chosen on the validation split "
+                        f"(starting from {RANKING.temperature})")
+    p.add_argument("--positive-weight", type=_positive_float, default=None,
+                   help=f"ranking: weight of ratings >= 8 relative to other ratings; default: chosen (from "
+                        f"{RANKING.positive_weight})")
+    p.add_argument("--low-weight", type=_positive_float, default=None,
+                   help=f"ranking: weight of ratings <= --low-threshold (watched, disliked); default: chosen (from "
+                        f"{RANKING.low_weight})")
     p.add_argument("--low-threshold", type=_int_in(0, 10), default=RANKING.low_threshold,
                    help="ranking: ratings at or below this get --low-weight (0: none)")
-    p.add_argument("--optimizer", choices=["adagrad", "lazy_adam", "adam"], default=None,
-                   help="rating: adagrad (default; row-wise, updates only the batch's embedding rows), lazy_adam "
-                        "(Adam on the batch's rows, equal to adam), adam (Keras' dense Adam); ranking: adam")
+    p.add_argument("--no-search", action="store_true",
+                   help="ranking: take the defaults above instead of choosing the model's and the hybrid's knobs")
     a = p.parse_args(argv)
     from fuserank.training.train import train
     manifest = train(a.data, a.out, epochs=a.epochs, embedding_dim=a.embedding_dim, seed=a.seed,
                      objective=a.objective, batch_size=a.batch_size, patience=a.patience,
                      temperature=a.temperature, positive_weight=a.positive_weight, low_weight=a.low_weight,
-                     low_threshold=a.low_threshold, optimizer=a.optimizer)
+                     low_threshold=a.low_threshold, search=not a.no_search)
     print(json.dumps({"model_version": manifest["model_version"], **manifest["metrics"]}, indent=2))
 
 
@@ -311,7 +323,7 @@ def cmd_precompute(argv):
     a = p.parse_args(argv)
     _check_memory_policy_before_writing(a.redis_url, a.allow_eviction)
     from fuserank.batch.pipeline import precompute
-    result = precompute(a.model, a.redis_url, _settings(a), beam_args, a.block_size)
+    result = precompute(a.model, a.redis_url, _settings(a, a.model), beam_args, a.block_size)
     result["cleanup"] = _cleanup_after_publish(a.redis_url)
     print(json.dumps(result, indent=2))
 
@@ -372,7 +384,7 @@ def cmd_serve(argv):
     _hybrid_flags(p)
     a = p.parse_args(argv)
     from fuserank.api.server import serve
-    serve(a.model, a.redis_url, a.host, a.port, a.workers, a.threads, _settings(a))
+    serve(a.model, a.redis_url, a.host, a.port, a.workers, a.threads, _settings(a, a.model))
 
 
 def cmd_demo(argv):
@@ -422,7 +434,7 @@ def cmd_evaluate(argv):
         if not (a.model and a.data) or a.ratings or a.out:
             p.error("--model and --data go together, without --ratings/--out")
         from fuserank.evaluation.model_eval import evaluate_model_dir
-        print(json.dumps(evaluate_model_dir(a.model, a.data, _settings(a)), indent=2))
+        print(json.dumps(evaluate_model_dir(a.model, a.data, _settings(a, a.model)), indent=2))
         return
     if not (a.ratings and a.out):
         p.error("the comparison needs --ratings and --out (or use --model with --data)")
@@ -430,7 +442,8 @@ def cmd_evaluate(argv):
     from fuserank.evaluation.fuserank_methods import TrainOptions, fuserank_methods
     rating = None if a.no_rating_objective else TrainOptions(objective="rating", epochs=20, patience=3)
     run_comparison(a.ratings, a.out, seeds=tuple(a.seeds), min_user_ratings=a.min_user_ratings,
-                           extra_methods=fuserank_methods(_settings(a), rating_options=rating))
+                           extra_methods=fuserank_methods(HybridSettings().with_overrides(**vars(a)),
+                                                          rating_options=rating))
     print(open(os.path.join(a.out, "results.md")).read())
 
 

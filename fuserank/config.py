@@ -93,6 +93,13 @@ class HybridSettings:
         known = {f.name for f in fields(self)}
         return replace(self, **{k: v for k, v in overrides.items() if k in known and v is not None})
 
+    @classmethod
+    def for_model(cls, manifest: dict, **explicit) -> "HybridSettings":
+        """The defaults, then what `fuserank train` chose for this model (manifest ``chosen.hybrid``), then
+        the ``explicit`` settings that are not None (a flag, the environment or a params file)."""
+        chosen = (manifest.get("chosen") or {}).get("hybrid") or {}
+        return cls().with_overrides(**chosen).with_overrides(**explicit)
+
     def digest(self) -> str:
         """Stable short hash: two precomputes with different settings never share a list version."""
         blob = json.dumps(asdict(self), sort_keys=True).encode()

@@ -52,7 +52,9 @@ def run_demo(ratings, anime, work_dir, redis_url, min_user_ratings=20, epochs=No
             print(f"   test loss {m['test_loss']:.4f}  MAE {m['test_mae']:.4f}  MSE {m['test_mse']:.4f}  "
                   f"(train-mean predictor MAE {m['baseline_test_mae']:.4f})", flush=True)
         else:
-            print(f"   {objective} objective: test loss {m['test_loss']:.4f}, best epoch {m['best_epoch']}", flush=True)
+            print(f"   {objective} objective: held-out NDCG@10 {m['test_ndcg_at_10']:.4f} (served hybrid, test split), "
+                  f"best epoch {m['best_epoch']}; chosen {manifest['chosen']['model']} {manifest['chosen']['hybrid']}",
+                  flush=True)
         result = _stage("precompute", precompute, model_dir, redis_url)
         print(f"   published list version {result['version']}: {result['users']} users, {result['anime']} anime",
               flush=True)

@@ -224,7 +224,7 @@ def test_installed_package_carries_its_data_files(wheel):
     (kernel sources, schemas, web assets) must be in it."""
     import zipfile
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "fuserank/training/kernels/rowwise_adagrad.cc" in names and "fuserank/training/fused.py" in names
+    assert "fuserank/training/sampled.py" in names and "fuserank/training/knobs.py" in names
     assert any(n.startswith("fuserank/schemas/") and n.endswith(".json") for n in names)
     assert any(n.startswith("fuserank/api/templates/") for n in names)
 

@@ -151,16 +151,23 @@ def test_publish_failures_keep_the_current_version(tmp_path, redis_client, redis
 
 
 def test_precompute_command_uses_the_real_cli(tmp_path, monkeypatch):
+    """params.yaml's pins over what train chose for the model: the settings the nightly digest names."""
+    model = random_artifact(tmp_path / "m")
+    manifest_path = tmp_path / "m" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["chosen"] = {"hybrid": {"weight_stage2": 0.3, "stage2_neighbours": 5}}
+    manifest_path.write_text(json.dumps(manifest))
     params = nightly.precompute_params_of(nightly.load_params(str(ROOT / "params.yaml")))
-    cmd = nightly.precompute_command("/m", "redis://h:6379/0", params, ["--runner", "DataflowRunner"])
+    cmd = nightly.precompute_command(model, "redis://h:6379/0", params, ["--runner", "DataflowRunner"])
     assert cmd[:4] == [sys.executable, "-m", "fuserank", "precompute"]
     seen = {}
     monkeypatch.setattr("fuserank.batch.pipeline.precompute",
                         lambda model, url, settings, beam, block: seen.update(locals()) or {})
     from fuserank import cli as fcli
     assert fcli.main(cmd[3:]) == 0
-    assert seen["settings"] == nightly.settings_of(params) and seen["block"] == params["block-size"]
+    assert seen["settings"] == nightly.settings_of(params, manifest) and seen["block"] == params["block-size"]
     assert seen["settings"].top_n == params["top-n"]
+    assert (seen["settings"].weight_stage2, seen["settings"].stage2_neighbours) == (0.3, 5)
     assert seen["beam"] == ["--runner", "DataflowRunner"]
     assert nightly._runner_is_remote(["--runner=DataflowRunner"]) and not nightly._runner_is_remote([])
 

@@ -35,9 +35,14 @@ def write(tmp_path, name, doc):
 
 def test_defaults_are_the_typed_settings_defaults():
     ns = resolve("precompute", REQUIRED)
-    d = HybridSettings()
-    assert (ns.top_n, ns.weight_model, ns.block_size, ns.allow_eviction) == (d.top_n, d.weight_model, 512, False)
+    assert (ns.top_n, ns.weight_model, ns.block_size, ns.allow_eviction) == (None, None, 512, False)
     assert ns._sources == {"model": "flag", "redis_url": "flag"}
+    # hybrid knobs left unset: what train chose for the model, else HybridSettings' defaults
+    assert HybridSettings.for_model({}, **vars(ns)) == HybridSettings()
+    chosen = {"chosen": {"hybrid": {"weight_stage2": 0.3, "stage2_neighbours": 5}}}
+    assert HybridSettings.for_model(chosen, **vars(ns)) == HybridSettings(weight_stage2=0.3, stage2_neighbours=5)
+    pinned = resolve("precompute", [*REQUIRED, "--weight-stage2", "0.1"])
+    assert HybridSettings.for_model(chosen, **vars(pinned)) == HybridSettings(weight_stage2=0.1, stage2_neighbours=5)
 
 
 def test_params_file_beats_defaults_yaml_and_json(tmp_path):
@@ -47,7 +52,7 @@ def test_params_file_beats_defaults_yaml_and_json(tmp_path):
         ns = resolve("precompute", ["--params", path, *REQUIRED])
         assert (ns.top_n, ns.weight_model, ns.block_size) == (20, 0.5, 7)
         assert ns._sources["top_n"] == f"params file {path} [hybrid] top-n"
-        assert ns.neighbours == HybridSettings().neighbours
+        assert ns.neighbours is None
     # --params=FILE, and given before the command
     ns = resolve("precompute", [f"--params={path}", *REQUIRED])
     assert ns.top_n == 20
@@ -57,7 +62,7 @@ def test_params_file_from_environment_and_never_implicitly(tmp_path, monkeypatch
     path = write(tmp_path, "p.yaml", {"hybrid": {"top-n": 21}})
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"hybrid": {"top-n": 3}}))
-    assert resolve("precompute", REQUIRED).top_n == 50          # params.yaml in the cwd is not read
+    assert resolve("precompute", REQUIRED).top_n is None        # params.yaml in the cwd is not read
     monkeypatch.setenv("FUSERANK_PARAMS", path)
     assert resolve("precompute", REQUIRED).top_n == 21
     other = write(tmp_path, "q.yaml", {"hybrid": {"top-n": 22}})

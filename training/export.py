@@ -28,12 +28,26 @@ def build_user_lists(data_dir: str, n_users: int, n_anime: int) -> sp.csr_matrix
     return lists
 
 
+def encoder_ids(data_dir: str) -> tuple[np.ndarray, np.ndarray]:
+    """(raw user id per encoded user, raw anime id per encoded anime) of an ingest output."""
+    users = pq.read_table(os.path.join(data_dir, art.USERS)).to_pandas().sort_values("user")
+    anime = pq.read_table(os.path.join(data_dir, art.ANIME)).to_pandas().sort_values("anime")
+    return users["user_id"].to_numpy(np.int64), anime["anime_id"].to_numpy(np.int64)
+
+
 def export_artifact(out_dir: str, data_dir: str, user_emb: np.ndarray, anime_emb: np.ndarray,
-                    history: dict, manifest_extra: dict) -> dict:
-    """Write embeddings (L2-normalised), encoders, user lists and the manifest; returns the manifest."""
+                    history: dict, manifest_extra: dict, heldout: tuple | None = None) -> dict:
+    """Write embeddings (L2-normalised), encoders, user lists and the manifest; returns the manifest.
+
+    ``heldout``: (user, anime) embeddings of the fit that did not see the test split (`art.HELDOUT_EMB`).
+    The model version hashes the files, the history and what training chose (``manifest_extra["chosen"]``).
+    """
     os.makedirs(out_dir, exist_ok=True)
     np.save(os.path.join(out_dir, art.USER_EMB), l2_normalise(user_emb))
     np.save(os.path.join(out_dir, art.ANIME_EMB), l2_normalise(anime_emb))
+    if heldout is not None:
+        for name, emb in zip(("user", "anime"), heldout):
+            np.save(os.path.join(out_dir, art.HELDOUT_EMB[name]), l2_normalise(emb))
     for name in (art.USERS, art.ANIME):
         shutil.copyfile(os.path.join(data_dir, name), os.path.join(out_dir, name))
     lists = build_user_lists(data_dir, user_emb.shape[0], anime_emb.shape[0])
@@ -46,7 +60,8 @@ def export_artifact(out_dir: str, data_dir: str, user_emb: np.ndarray, anime_emb
     history_blob = json.dumps(history, sort_keys=True).encode()
     with open(os.path.join(out_dir, "history.json"), "wb") as fh:
         fh.write(history_blob)
-    version, hashes = art.content_version(out_dir, extra=history_blob)
+    chosen_blob = json.dumps(manifest_extra["chosen"], sort_keys=True).encode() if "chosen" in manifest_extra else b""
+    version, hashes = art.content_version(out_dir, extra=history_blob + chosen_blob)
     manifest = {"schema": "fuserank.model/1", "model_version": version, "files": hashes,
                 "n_users": int(user_emb.shape[0]), "n_anime": int(anime_emb.shape[0]),
                 "embedding_dim": int(user_emb.shape[1]), **manifest_extra}

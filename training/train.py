@@ -14,10 +14,10 @@ import tensorflow as tf
 
 from fuserank.config import RANKING
 from fuserank.errors import FuseRankError
-from fuserank.training import dataset
+from fuserank.training import dataset, sampled
 from fuserank.training.export import export_artifact
-from fuserank.training.model import (ADAGRAD_LR, SparseRatingTrainer, WarmupExpDecay, batch_size_for,
-                                     build_ranking_model, build_rating_model, steps_per_epoch)
+from fuserank.training.model import (WarmupExpDecay, batch_size_for, build_ranking_model, build_rating_model,
+                                     steps_per_epoch)
 from fuserank.training.plots import plot_history
 from fuserank.training.tracking import NullExperiment, start_experiment
 
@@ -27,8 +27,8 @@ DEFAULT_EPOCHS = {"rating": 20, "ranking": 150}
 DEFAULT_PATIENCE = {"rating": 3, "ranking": 10}
 RANKING_MAX_BATCH_USERS = 1024
 RANKING_MIN_STEPS = 16
-OPTIMIZERS = ("adagrad", "lazy_adam", "adam")
-DEFAULT_OPTIMIZER = {"rating": "adagrad", "ranking": "adam"}
+TRAINERS = ("sampled", "full")
+DEFAULT_NEGATIVES = sampled.DEFAULT_NEGATIVES
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -142,63 +142,51 @@ def user_batches(split: dataset.SplitArrays, n_users: int, n_anime: int, batch_u
 
 
 class TrainingOptionError(FuseRankError, ValueError):
-    """An objective/optimiser combination `fit` cannot train (the CLI prints it and exits 2)."""
+    """A training option `fit` cannot use (the CLI prints it and exits 2)."""
 
 
-def _check_options(objective: str, optimizer: str | None) -> str:
-    """The optimiser to use (the objective's default when None), or TrainingOptionError."""
+def _check_objective(objective: str) -> None:
     if objective not in OBJECTIVES:
         raise TrainingOptionError(f"--objective must be one of {OBJECTIVES}, got {objective!r}")
-    optimizer = optimizer or DEFAULT_OPTIMIZER[objective]
-    if optimizer not in OPTIMIZERS:
-        raise TrainingOptionError(f"--optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-    if objective == "ranking" and optimizer != "adam":
-        raise TrainingOptionError(f"--optimizer {optimizer} trains the rating objective only; ranking uses adam "
-                                  "(its softmax touches every anime every step)")
-    return optimizer
 
 
 def fit(train_s: dataset.SplitArrays, val_s: dataset.SplitArrays | None, n_users: int, n_anime: int,
         objective: str = "rating", embedding_dim: int = 128, seed: int = 0, epochs: int = 20,
         batch_size: int = 10_000, patience: int = 3, checkpoint_path: str | None = None, experiment=None,
         temperature: float = RANKING.temperature, positive_weight: float = RANKING.positive_weight,
-        like_threshold: int = 8, low_weight: float = RANKING.low_weight, low_threshold: int = RANKING.low_threshold,
-        optimizer: str | None = None) -> FitResult:
+        like_threshold: int = 8, low_weight: float = RANKING.low_weight,
+        low_threshold: int = RANKING.low_threshold, trainer: str = "sampled",
+        negatives: int = DEFAULT_NEGATIVES) -> FitResult:
     """Train one model on in-memory splits (used by `train` and by the offline evaluation).
 
     ``rating``: the seed's per-rating regression, batches of ratings. ``ranking``: softmax over all
     anime, batches of users (``batch_size`` then bounds users per batch, shrunk to give >= 16 steps);
     a rating counts ``positive_weight`` times when >= ``like_threshold`` and ``low_weight`` times when
-    <= ``low_threshold`` (watched but disliked: weaker evidence of taste; chosen on the 2020 validation carve).
-
-    ``optimizer`` (rating): ``adagrad`` (default) or ``lazy_adam`` train with `SparseRatingTrainer`, which
-    updates only the embedding rows each batch touches (row-wise Adagrad, or Adam made equal to the dense
-    one), fed packed batches from memory (`dataset.RatingBatches`); ``adam`` is Keras' Adam through
-    ``model.fit`` (every embedding row and moment slot rewritten every step). The ranking objective
-    always uses ``adam``: its softmax touches every anime every step anyway.
+    <= ``low_threshold`` (watched but disliked: weaker evidence of taste). Both train with Keras' Adam.
+    ``trainer`` (ranking): ``sampled`` (`training.sampled`: ``negatives`` shared negatives per batch, the
+    exact softmax when the catalogue is smaller) or ``full`` (Keras ``fit`` on dense per-user targets over
+    the whole catalogue; kept as the benchmark's reference).
     """
-    optimizer = _check_options(objective, optimizer)
+    _check_objective(objective)
     keras.utils.set_random_seed(seed)
     experiment = experiment or NullExperiment()
     if objective == "rating":
         bs = batch_size_for(len(train_s), batch_size)
         spe = steps_per_epoch(len(train_s), bs)
-        if optimizer == "adam":
-            train_ds = dataset.to_dataset(_inputs(train_s), bs, shuffle=True, seed=seed)
-            val_ds = dataset.to_dataset(_inputs(val_s), bs, shuffle=False) if val_s is not None else None
-        else:
-            train_ds = dataset.RatingBatches(train_s, bs, shuffle=True, seed=seed)
-            spe = len(train_ds)
-            val_ds = dataset.RatingBatches(val_s, bs, shuffle=False) if val_s is not None else None
+        train_ds = dataset.to_dataset(_inputs(train_s), bs, shuffle=True, seed=seed)
+        val_ds = dataset.to_dataset(_inputs(val_s), bs, shuffle=False) if val_s is not None else None
     else:
+        if trainer not in TRAINERS:
+            raise TrainingOptionError(f"trainer must be one of {TRAINERS}, got {trainer!r}")
         active = int(np.count_nonzero(np.bincount(train_s.user, minlength=n_users)))
         bs = int(max(8, min(batch_size, RANKING_MAX_BATCH_USERS, active // RANKING_MIN_STEPS)))
         spe = steps_per_epoch(active, bs)
         options = dict(positive_weight=positive_weight, like_threshold=like_threshold, low_weight=low_weight,
                        low_threshold=low_threshold)
-        train_ds = user_batches(train_s, n_users, n_anime, bs, True, seed, **options)
-        val_ds = (user_batches(val_s, n_users, n_anime, bs, False, seed, known=[train_s], **options)
-                  if val_s is not None else None)
+        if trainer == "full":
+            train_ds = user_batches(train_s, n_users, n_anime, bs, True, seed, **options)
+            val_ds = (user_batches(val_s, n_users, n_anime, bs, False, seed, known=[train_s], **options)
+                      if val_s is not None else None)
     schedule = WarmupExpDecay(spe)
     if objective == "rating":
         model = build_rating_model(n_users, n_anime, embedding_dim, seed)
@@ -207,72 +195,134 @@ def fit(train_s: dataset.SplitArrays, val_s: dataset.SplitArrays | None, n_users
     else:
         model = build_ranking_model(n_users, n_anime, embedding_dim, seed, temperature)
         model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule), loss=multinomial_loss)
-    params = {"objective": objective, "optimizer": optimizer, "epochs": epochs, "embedding_dim": embedding_dim,
+    params = {"objective": objective, "epochs": epochs, "embedding_dim": embedding_dim,
               "seed": seed, "batch_size": bs, "steps_per_epoch": spe, "lr_scale": schedule.scale,
               "patience": patience, "n_users": n_users, "n_anime": n_anime, "n_train": len(train_s)}
     if objective == "ranking":
         params.update(temperature=temperature, positive_weight=positive_weight, like_threshold=like_threshold,
-                      low_weight=low_weight, low_threshold=low_threshold)
-    if optimizer == "adagrad":
-        params["embedding_learning_rate"] = ADAGRAD_LR
+                      low_weight=low_weight, low_threshold=low_threshold, trainer=trainer)
+        if trainer == "sampled":
+            params["negatives"] = min(negatives, n_anime)
     log.info("training %s", params)
     experiment.log_parameters(params)
 
     epoch_log = EpochLog(schedule, epochs, experiment)
-    if optimizer != "adam":
-        trainer = SparseRatingTrainer(model, schedule, optimizer)
-        history = _fit_sparse(trainer, train_ds, val_ds, epochs, patience, checkpoint_path, epoch_log)
-    else:
-        callbacks = [epoch_log]
-        if val_ds is not None:
-            callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
-                                                           restore_best_weights=True))
-        if checkpoint_path and val_ds is not None:
-            callbacks.append(keras.callbacks.ModelCheckpoint(checkpoint_path, monitor="val_loss",
-                                                             save_best_only=True, save_weights_only=True))
-        history = model.fit(train_ds, epochs=epochs, validation_data=val_ds, callbacks=callbacks, verbose=0).history
+    if objective == "ranking" and trainer == "sampled":
+        history = _fit_sampled(model, schedule, train_s, val_s, n_users, n_anime, bs, epochs, patience, seed,
+                               options, negatives, epoch_log, checkpoint_path)
+        history["learning_rate"] = epoch_log.learning_rates
+        return FitResult(model, history, params, schedule)
+    callbacks = [epoch_log]
+    if val_ds is not None:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
+                                                       restore_best_weights=True))
+    if checkpoint_path and val_ds is not None:
+        callbacks.append(keras.callbacks.ModelCheckpoint(checkpoint_path, monitor="val_loss",
+                                                         save_best_only=True, save_weights_only=True))
+    history = model.fit(train_ds, epochs=epochs, validation_data=val_ds, callbacks=callbacks, verbose=0).history
     history = {k: [float(x) for x in v] for k, v in history.items()}
     history["learning_rate"] = epoch_log.learning_rates
     return FitResult(model, history, params, schedule)
 
 
-def _fit_sparse(trainer: SparseRatingTrainer, train_b: dataset.RatingBatches, val_b: dataset.RatingBatches | None,
-                epochs: int, patience: int, checkpoint_path: str | None, epoch_log: EpochLog) -> dict:
-    """`model.fit`'s epoch loop with EarlyStopping(restore_best_weights=True) and a best-only weights
-    checkpoint, around `SparseRatingTrainer` (the same history keys and the same stopping rule)."""
-    model = trainer.model
-    history: dict[str, list] = {}
-    best, best_weights, wait = np.inf, None, 0
-    for epoch in range(epochs):
-        t0 = time.perf_counter()
-        logs = trainer.train_epoch(train_b)
-        log.debug("epoch %d: %.0f examples/s", epoch + 1, len(train_b.keys) / (time.perf_counter() - t0))
-        if val_b is not None:
-            logs.update({f"val_{k}": v for k, v in trainer.evaluate(val_b).items()})
-        for k, v in logs.items():
-            history.setdefault(k, []).append(v)
-        epoch_log.on_epoch_end(epoch, logs)
-        if val_b is None:
-            continue
-        if logs["val_loss"] < best:
-            best, wait = logs["val_loss"], 0
-            best_weights = model.get_weights()
-            if checkpoint_path:
-                model.save_weights(checkpoint_path)
-        else:
-            wait += 1
-            if wait >= patience:
-                break
-    if best_weights is not None:
-        model.set_weights(best_weights)
+def _fit_sampled(model, schedule, train_s, val_s, n_users, n_anime, bs, epochs, patience, seed, options,
+                 negatives, epoch_log, checkpoint_path) -> dict:
+    """`sampled.train_sampled` on the Keras ranking model's two tables (the exported weights)."""
+    temperature = model.get_layer("anime_embedding").temperature
+    weights = lambda s: sampled.rating_weights(s.raw_rating, **options)
+    rows = sampled.UserRows(train_s, n_users, weights(train_s))
+    val = sampled.UserRows(val_s, n_users, weights(val_s)) if val_s is not None else None
+    trainer = sampled.SampledSoftmaxTrainer(model.get_layer("user_embedding").embeddings,
+                                            model.get_layer("anime_embedding").embeddings, temperature,
+                                            np.bincount(train_s.anime, minlength=n_anime), schedule, negatives, seed)
+    history = sampled.train_sampled(trainer, rows, val, rows if val is not None else None, bs, epochs, patience,
+                                    seed, epoch_log.on_epoch_end)
+    if checkpoint_path and val is not None:
+        model.save_weights(checkpoint_path)
     return history
 
 
+def concat(*splits: dataset.SplitArrays) -> dataset.SplitArrays:
+    return dataset.SplitArrays(*(np.concatenate([getattr(x, f) for x in splits])
+                                 for f in ("user", "anime", "rating", "raw_rating")))
+
+
+def _ranking_test_loss(result: FitResult, test_s, known, n_users: int, n_anime: int, seed: int) -> float:
+    test_ds = user_batches(test_s, n_users, n_anime, result.params["batch_size"], False, seed, known=known,
+                           **{k: result.params[k] for k in ("positive_weight", "like_threshold", "low_weight",
+                                                             "low_threshold")})
+    return float(result.model.evaluate(test_ds, verbose=0, return_dict=True)["loss"])
+
+
+def _train_rating(train_s, val_s, test_s, n_users, n_anime, fit_kw) -> tuple[FitResult, dict, dict]:
+    """The seed's model: one early-stopped fit, Keras' evaluation of it on the test split."""
+    result = fit(train_s, val_s, n_users, n_anime, "rating", **fit_kw)
+    features, target = _inputs(test_s)
+    test = result.model.evaluate(features, target, batch_size=result.params["batch_size"], verbose=0,
+                                 return_dict=True)
+    metrics = {f"test_{k}": float(v) for k, v in test.items()}
+    best = int(np.argmin(result.history["val_loss"]))
+    mean = float(train_s.rating.mean())
+    metrics.update(baseline_val_mae=float(np.abs(val_s.rating - mean).mean()),
+                   baseline_test_mae=float(np.abs(test_s.rating - mean).mean()),
+                   val_mae=float(result.history["val_mae"][best]))
+    log.info("test loss=%.4f mae=%.4f mse=%.4f (train-mean predictor mae=%.4f)", metrics["test_loss"],
+             metrics["test_mae"], metrics["test_mse"], metrics["baseline_test_mae"])
+    return result, metrics, {}
+
+
+def _train_ranking(data, train_s, val_s, test_s, n_users, n_anime, fit_kw, knobs: dict, search: bool,
+                   space) -> tuple[FitResult, dict, dict]:
+    """Choose the knobs on the validation split (`knobs.choose`), report the test figures of the fit that
+    never saw the test split, then refit on every rating for the chosen epoch count (the served model)."""
+    from fuserank.config import HybridSettings
+    from fuserank.evaluation.model_eval import hide, test_figures
+    from fuserank.training import knobs as kn
+    from fuserank.training.export import build_user_lists, encoder_ids
+
+    seed = fit_kw["seed"]
+    pinned = {k: v for k, v in knobs.items() if v is not None}
+    lists = build_user_lists(data, n_users, n_anime)
+    user_ids, anime_ids = encoder_ids(data)
+
+    def fit_model(tr, va, **model_knobs):
+        return fit(tr, va, n_users, n_anime, "ranking", **{**fit_kw, "checkpoint_path": None}, **model_knobs)
+
+    if search:
+        held = concat(val_s, test_s)
+        scorer = kn.ValidationScorer(hide(lists, held.user, held.anime), val_s, user_ids, anime_ids,
+                                     space.max_users, seed)
+        choice = kn.choose(train_s, val_s, scorer, fit_model, pinned, space, seed)
+    else:
+        choice = kn.Choice(model={k: pinned.get(k, getattr(RANKING, k)) for k in kn.MODEL_KNOBS}, hybrid={})
+    heldout = choice.fit
+    if heldout is None or heldout.params["n_train"] != len(train_s):
+        heldout = fit(train_s, val_s, n_users, n_anime, "ranking", **fit_kw, **choice.model)
+    best_epoch = int(np.argmin(heldout.history["val_loss"])) + 1
+    settings = HybridSettings().with_overrides(**choice.hybrid)
+    metrics = {"test_loss": _ranking_test_loss(heldout, test_s, [train_s, val_s], n_users, n_anime, seed),
+               **test_figures(heldout.user_embeddings, heldout.anime_embeddings, lists, test_s, user_ids,
+                              anime_ids, settings)}
+    log.info("held-out fit: test loss=%.4f, served hybrid NDCG@10 %.4f on the test split", metrics["test_loss"],
+             metrics["test_ndcg_at_10"])
+    served = fit(concat(train_s, val_s, test_s), None, n_users, n_anime, "ranking",
+                 **{**fit_kw, "epochs": best_epoch, "checkpoint_path": None}, **choice.model)
+    served.history = heldout.history
+    return served, metrics, {**choice.record(), "heldout": heldout}
+
+
 def train(data: str, out: str, epochs: int | None = None, embedding_dim: int = 128, seed: int = 0,
-          objective: str = "rating", batch_size: int = 10_000, patience: int | None = None,
-          optimizer: str | None = None, **objective_options) -> dict:
-    """`fuserank train`: fit on the ingest output, evaluate on its test split, export the artifact."""
-    _check_options(objective, optimizer)
+          objective: str = "ranking", batch_size: int = 10_000, patience: int | None = None,
+          temperature: float | None = None, positive_weight: float | None = None, low_weight: float | None = None,
+          low_threshold: int = RANKING.low_threshold, search: bool = True, space=None) -> dict:
+    """`fuserank train`: fit on the ingest output, evaluate on its test split, export the artifact.
+
+    ``ranking`` (the served model): knobs left None are chosen on the validation split (``search``;
+    without it they take RANKING's defaults), the test figures come from the fit on the train split, and
+    the exported embeddings from a refit on all ratings. ``rating``: the seed's regression, one fit.
+    """
+    from fuserank.training.knobs import SearchSpace
+    _check_objective(objective)
     epochs = epochs or DEFAULT_EPOCHS[objective]
     patience = patience or DEFAULT_PATIENCE[objective]
     data_manifest = dataset.load_manifest(data)
@@ -285,38 +335,29 @@ def train(data: str, out: str, epochs: int | None = None, embedding_dim: int = 1
     try:
         os.makedirs(os.path.join(tmp, "checkpoint"))
         t0 = time.time()
-        result = fit(train_s, val_s, n_users, n_anime, objective, embedding_dim, seed, epochs, batch_size,
-                     patience, os.path.join(tmp, "checkpoint", "best.weights.h5"), experiment, optimizer=optimizer,
-                     **objective_options)
-        history, bs = result.history, result.params["batch_size"]
-        if objective == "rating":  # Keras' own evaluation of the exported weights, from the arrays
-            features, target = _inputs(test_s)
-            test = result.model.evaluate(features, target, batch_size=bs, verbose=0, return_dict=True)
+        fit_kw = dict(embedding_dim=embedding_dim, seed=seed, epochs=epochs, batch_size=batch_size,
+                      patience=patience, checkpoint_path=os.path.join(tmp, "checkpoint", "best.weights.h5"),
+                      experiment=experiment)
+        if objective == "rating":
+            result, metrics, chosen = _train_rating(train_s, val_s, test_s, n_users, n_anime, fit_kw)
         else:
-            test_ds = user_batches(test_s, n_users, n_anime, bs, False, seed, known=[train_s, val_s],
-                                   **{k: result.params[k] for k in ("positive_weight", "like_threshold", "low_weight",
-                                                                     "low_threshold")})
-            test = result.model.evaluate(test_ds, verbose=0, return_dict=True)
-        metrics = {f"test_{k}": float(v) for k, v in test.items()}
+            fit_kw["low_threshold"] = low_threshold
+            knobs = dict(temperature=temperature, positive_weight=positive_weight, low_weight=low_weight)
+            result, metrics, chosen = _train_ranking(data, train_s, val_s, test_s, n_users, n_anime, fit_kw, knobs,
+                                                     search, space or SearchSpace())
+        history = result.history
         metrics.update(best_val_loss=float(min(history["val_loss"])),
                        best_epoch=int(np.argmin(history["val_loss"]) + 1), epochs_run=len(history["loss"]),
                        train_seconds=round(time.time() - t0, 2))
-        if objective == "rating":
-            mean = float(train_s.rating.mean())
-            metrics.update(baseline_val_mae=float(np.abs(val_s.rating - mean).mean()),
-                           baseline_test_mae=float(np.abs(test_s.rating - mean).mean()),
-                           val_mae=float(history["val_mae"][metrics["best_epoch"] - 1]))
-            log.info("test loss=%.4f mae=%.4f mse=%.4f (train-mean predictor mae=%.4f)", metrics["test_loss"],
-                     metrics["test_mae"], metrics["test_mse"], metrics["baseline_test_mae"])
-        else:
-            log.info("test loss=%.4f (softmax over %d anime)", metrics["test_loss"], n_anime)
-        experiment.log_metrics(metrics)
-
-        manifest = export_artifact(
-            tmp, data, result.user_embeddings, result.anime_embeddings, history,
-            {"objective": objective, "metrics": metrics, "training": result.params,
-             "data": {k: data_manifest.get(k) for k in ("source", "content_hash", "counts", "min_user_ratings",
-                                                        "rating_scale", "seed")}})
+        experiment.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        heldout = chosen.pop("heldout", None)
+        extra = {"objective": objective, "metrics": metrics, "training": result.params,
+                 "data": {k: data_manifest.get(k) for k in ("source", "content_hash", "counts", "min_user_ratings",
+                                                            "rating_scale", "seed")}}
+        if chosen:
+            extra["chosen"] = chosen
+        manifest = export_artifact(tmp, data, result.user_embeddings, result.anime_embeddings, history, extra,
+                                   heldout=(heldout.user_embeddings, heldout.anime_embeddings) if heldout else None)
         plot_history(history, os.path.join(tmp, "curves.png"),
                      f"FuseRank MF ({objective}) - model {manifest['model_version']}", objective)
         experiment.log_image(os.path.join(tmp, "curves.png"), name="curves")
