@@ -6,6 +6,8 @@ its traceback). ``fuserank.cli.main`` prints that line and exits 2 unless ``--de
 """
 from __future__ import annotations
 
+import os
+import traceback
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -28,12 +30,13 @@ def redact(url: str) -> str:
 
 
 def check_redis_url(url: str) -> str:
-    """``url`` when redis-py can open it, else ValueError saying which schemes it takes."""
+    """``url``, unless it names another scheme (``http://...``): ValueError saying which schemes Redis takes.
+    (A value with no scheme at all is left to redis-py, whose refusal ``explain`` turns into one line.)"""
     try:
-        scheme = urlsplit(url).scheme
+        scheme = urlsplit(url).scheme if "://" in url else None
     except ValueError:
         scheme = ""
-    if scheme not in REDIS_SCHEMES:
+    if scheme is not None and scheme not in REDIS_SCHEMES:
         raise ValueError(f"expected a redis://HOST:PORT/DB URL (or rediss://, unix://), got {redact(url)!r}")
     return url
 
@@ -47,12 +50,19 @@ class Tried:
     gcs_endpoint: str = "storage.googleapis.com"
 
 
+def _raised_in(exc: BaseException, package: str) -> bool:
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and f"{os.sep}{package}{os.sep}" in frames[-1].filename
+
+
 def _redis(exc, tried: Tried) -> str | None:
     import redis
 
+    where = f"Redis at {redact(tried.redis_url)}" if tried.redis_url else "Redis"
+    if isinstance(exc, ValueError) and _raised_in(exc, "redis"):      # a URL redis-py cannot open
+        return f"{where}: {exc}: pass --redis-url redis://HOST:PORT/DB (or set REDIS_URL)"
     if not isinstance(exc, redis.RedisError):
         return None
-    where = f"Redis at {redact(tried.redis_url)}" if tried.redis_url else "Redis"
     detail = str(exc).strip().rstrip(".") or type(exc).__name__
     if isinstance(exc, redis.AuthenticationError) or "NOAUTH" in detail or "WRONGPASS" in detail:
         given = "a wrong password" if tried.redis_url and "@" in tried.redis_url else "no password"

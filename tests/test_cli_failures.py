@@ -95,6 +95,11 @@ def test_a_non_redis_url_is_refused_naming_the_flag(command, tmp_path, capsys):
     one_line(capsys, argv, "--redis-url", "redis://", "http://user:***@127.0.0.1:8080/")
 
 
+def test_a_url_without_a_scheme_is_one_line(capsys):
+    one_line(capsys, ["forget", "--user", "1", "--redis-url", "127.0.0.1:6379"], "Redis at 127.0.0.1:6379",
+             "redis://HOST:PORT/DB")
+
+
 def test_a_non_redis_url_from_the_environment_names_the_variable(monkeypatch, capsys):
     monkeypatch.setenv("REDIS_URL", HTTP)
     one_line(capsys, ["rollback"], "--redis-url", "environment REDIS_URL")
