@@ -14,8 +14,8 @@ for done in "$stamp" .venv/.installed-dev; do   # dev holds everything demo does
   fi
 done
 case "$EXTRA" in
-  demo) echo "install: .venv/ with fuserank[demo] (first run: about 5 minutes and 2.3 GB; see README)" ;;
-  *)    echo "install: .venv/ with fuserank[$EXTRA] (first run: 2.7 GB; see README)" ;;
+  demo) echo "install: .venv/ with fuserank[demo] (first run: a few minutes and 2.3 GB; see README)" ;;
+  *)    echo "install: .venv/ with fuserank[$EXTRA] (first run: a few minutes and 2.7 GB; see README)" ;;
 esac
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 progress() { grep --line-buffered -E '^(Collecting|Installing collected|Successfully installed)' || true; }
