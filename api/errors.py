@@ -9,18 +9,21 @@
     503 Unavailable      nothing to answer from
     500                  anything else: a bug, logged with its traceback, never turned into a 4xx
 
-Body: ``{"error": {"status": N, "message": "...", ["parameter": "..."]}}``.
+Body: ``{"error": {"status": N, "message": "...", ["parameter": "..."]}}``. A 404 or 405 for a path outside
+the API (``API_PREFIX``, ``API_PATHS``) is the web page's HTML error page instead: a person typed or followed that link.
 """
 from __future__ import annotations
 
 import logging
 
-from flask import current_app, jsonify
+from flask import current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 log = logging.getLogger("fuserank.api")
 
 _KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
+API_PREFIX = "/v1/"
+API_PATHS = ("/v1", "/healthz", "/readyz", "/openapi.json", "/metrics")   # with API_PREFIX: JSON errors
 
 
 class ApiError(Exception):
@@ -81,6 +84,9 @@ def register(app) -> None:
         if exc.code is None or exc.code >= 500:
             log.error("HTTP %s: %s", exc.code, exc.description)
         kept = {k: v for k, v in exc.get_headers() if k in _KEPT_HEADERS}
+        if exc.code in (404, 405) and not (request.path.startswith(API_PREFIX) or request.path in API_PATHS):
+            page = render_template("error.html", status=exc.code, message=exc.description or exc.name)
+            return page, exc.code, kept
         return _body(exc.code or 500, exc.description or exc.name, kept)
 
     @app.errorhandler(Exception)

@@ -203,7 +203,9 @@ class ApiMetrics:
         if not self.multiprocess:
             self.registry.register(self.versions)
         self._children: dict[tuple, tuple] = {}
-        self._redis_children: dict[type, object] = {}
+        # the series a dashboard alerts on exist at 0 from the start, not only after the first error
+        self._redis_children: dict[type, object] = {cls: self.redis_errors.labels(cls.__name__)
+                                                    for cls in (redis.ConnectionError, redis.TimeoutError)}
         self.sample = log_sample_rate()
         self._generate_latest = pc.generate_latest
         self._multiprocess_collector = pc.multiprocess.MultiProcessCollector if self.multiprocess else None

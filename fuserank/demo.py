@@ -8,29 +8,28 @@ import subprocess
 import sys
 import time
 
+from fuserank import logs
 from fuserank.errors import FuseRankError
 
 log = logging.getLogger("fuserank.demo")
 SAMPLE_RATINGS = "data/sample/mal2020/rating_complete_head100k.csv"
 SAMPLE_ANIME = "data/sample/mal2020/anime_reduced.csv"
+# Their INFO lines are what the demo's "== stage" lines sum up; shown with `fuserank --verbose demo`.
+DETAIL_LOGGERS = ("fuserank.ingest", "fuserank.precompute", "fuserank.publish", "fuserank.api")
 
 
 def _stage(name: str, fn, *args, **kwargs):
     t0 = time.time()
     result = fn(*args, **kwargs)
-    log.info("stage %s done in %.1fs", name, time.time() - t0)
+    log.debug("stage %s done in %.1fs", name, time.time() - t0)
     print(f"== {name}: {time.time() - t0:.1f}s", flush=True)
     return result
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def run_demo(ratings, anime, work_dir, redis_url, min_user_ratings=20, epochs=None, host="127.0.0.1",
              port=8000, serve=True, objective="ranking"):
     from fuserank.batch.pipeline import precompute
-    from fuserank.redis_server import LocalRedis
+    from fuserank.redis_server import LocalRedis, check_reachable, ensure_port_free, interrupt_on_term
     from fuserank.training.ingest import ingest
     from fuserank.training.train import train
 
@@ -38,6 +37,13 @@ def run_demo(ratings, anime, work_dir, redis_url, min_user_ratings=20, epochs=No
     anime = anime or (SAMPLE_ANIME if os.path.exists(SAMPLE_ANIME) else None)
     if not os.path.exists(ratings):
         raise FuseRankError(f"{ratings}: not found (run the demo from the repository root, or pass --ratings)")
+    if not logs.verbose():
+        for name in DETAIL_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+    if serve:
+        ensure_port_free(host, port, "the demo's API port")
+    if redis_url:
+        check_reachable(redis_url)
     data_dir, model_dir = os.path.join(work_dir, "data"), os.path.join(work_dir, "model")
     local = None
     if not redis_url:
@@ -75,15 +81,18 @@ def run_demo(ratings, anime, work_dir, redis_url, min_user_ratings=20, epochs=No
             print(f"  curl '{base}/v1/anime/{first_anime}/similar?n=5'", flush=True)
             # A fresh process: gunicorn forks workers, and forking a process that already ran
             # TensorFlow (training above) leaves its thread pools broken in the children.
-            for sig in (signal.SIGINT, signal.SIGTERM):  # also when started in the background
-                signal.signal(sig, _interrupt)
+            interrupt_on_term()   # also when started in the background
             server = subprocess.Popen([sys.executable, "-m", "fuserank", "serve", "--model", model_dir,
-                                       "--redis-url", redis_url, "--host", host, "--port", str(port)])
+                                       "--redis-url", redis_url, "--host", host, "--port", str(port),
+                                       *(["--verbose"] if logs.verbose() else [])])
             try:
-                server.wait()
+                code = server.wait()
             except KeyboardInterrupt:
                 server.send_signal(signal.SIGINT)
                 server.wait(30)
+            else:
+                if code != 0:
+                    raise FuseRankError(f"the API server exited with status {code} (its log is above)")
     finally:
         if local:
             local.stop()

@@ -17,12 +17,12 @@ import json
 import random
 import sys
 from datetime import datetime, timezone
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
 from fuserank import keys
 from fuserank.errors import FuseRankError
+from fuserank.failures import Tried, explain
 from fuserank.publish import current_version, read_meta
 
 SCAN_COUNT = 1000       # keys per SCAN round trip
@@ -426,17 +426,6 @@ def format_sample(sample: list[dict], with_names: bool, preview: int = 3) -> str
 
 
 # -- the command ------------------------------------------------------------------------------------
-def _redact(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        if parts.password:
-            netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-            return urlunsplit(parts._replace(netloc=netloc))
-    except ValueError:
-        pass
-    return url
-
-
 def _build_parser():
     import argparse
 
@@ -507,7 +496,7 @@ def cmd_inspect(argv):
                 notes.append(f"names come from model {model_version}; the list was written by model "
                              f"{', '.join(sorted(stray))}")
     except redis.RedisError as exc:
-        raise InspectError(f"Redis at {_redact(a.redis_url)}: {exc}") from None
+        raise InspectError(explain(exc, Tried(redis_url=a.redis_url))) from exc
     finally:
         client.close()
     print(json.dumps(result, indent=2) if a.json else text)

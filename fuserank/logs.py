@@ -15,7 +15,10 @@ Where the versions come from, highest first:
   e.g. the model version of ``--model`` that `fuserank precompute` / `serve` were given.
 
 ``configure()`` (called by ``fuserank.cli.main`` for every command and by the API server) reads
-``LOG_LEVEL`` (default INFO) and ``LOG_FORMAT`` (``plain`` | ``json``). Extra structured fields go in
+``LOG_LEVEL`` (default INFO) and ``LOG_FORMAT`` (``plain`` | ``json``). Third-party chatter (TensorFlow's
+oneDNN / CPU-feature banners, Beam's optional-dependency notes, Keras UserWarnings, Comet ML's console) is
+kept out unless ``set_verbose(True)`` (``fuserank --verbose``): the libraries' environment switches get
+quiet defaults before they are imported, and their log records below ERROR are dropped. Extra structured fields go in
 ``extra={"fields": {...}}``: JSON keys in JSON mode, ``key=value`` pairs after the message in plain mode.
 """
 from __future__ import annotations
@@ -25,8 +28,10 @@ import contextvars
 import json
 import logging
 import os
+import re
 import sys
 import time
+import warnings
 from typing import Callable
 
 from fuserank.errors import FuseRankError
@@ -34,6 +39,13 @@ from fuserank.errors import FuseRankError
 FIELDS = ("model_version", "list_version", "data_version")
 FORMATS = ("plain", "json")
 LEVEL_ENV, FORMAT_ENV = "LOG_LEVEL", "LOG_FORMAT"
+
+# Read by the libraries at import: set (unless already set) before any of them is imported.
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2",          # TensorFlow's C++ INFO/WARNING lines (oneDNN, CPU features)
+             "COMET_LOGGING_CONSOLE": "ERROR"}     # Comet ML's console lines (offline-mode notes)
+QUIET_PACKAGES = ("apache_beam", "tensorflow", "keras", "absl", "comet_ml", "h5py")
+_PACKAGE_PATH = re.compile(r"[/\\](?:%s)[/\\]" % "|".join(QUIET_PACKAGES))
+_verbose = {"on": False}
 
 _bound: dict[str, str] = {}
 _providers: dict[str, Callable[[], str | None]] = {}
@@ -90,6 +102,35 @@ def reset() -> None:
     """Forget every bound field and provider (tests; a process that serves another model)."""
     _bound.clear()
     _providers.clear()
+
+
+def set_verbose(on: bool, environ=None) -> None:
+    """``on``: third-party output as the libraries make it. Off (the default): quiet environment defaults
+    (``QUIET_ENV``, never over a value already set), Keras' UserWarnings ignored, and ``configure()``'s
+    handler drops third-party records below ERROR."""
+    _verbose["on"] = bool(on)
+    if on:
+        return
+    environ = os.environ if environ is None else environ
+    for name, value in QUIET_ENV.items():
+        environ.setdefault(name, value)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"keras(\.|$)")
+
+
+def verbose() -> bool:
+    return _verbose["on"]
+
+
+class ThirdPartyFilter(logging.Filter):
+    """Drops records below ERROR from ``QUIET_PACKAGES``, by logger name or by source file (Beam logs some
+    notes on the root logger)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR or _verbose["on"]:
+            return True
+        if record.name.partition(".")[0] in QUIET_PACKAGES:
+            return False
+        return not _PACKAGE_PATH.search(record.pathname or "")
 
 
 class VersionFilter(logging.Filter):
@@ -194,6 +235,7 @@ def configure(level: str | int | None = None, fmt: str | None = None, stream=Non
     handler = _StderrHandler(stream)
     handler._fuserank = True
     handler.setFormatter(form)
+    handler.addFilter(ThirdPartyFilter())
     handler.addFilter(VersionFilter())
     root.addHandler(handler)
     root.setLevel(level)
@@ -224,7 +266,7 @@ def _manifest_field(directory: str | None, key: str) -> str | None:
     return str(value) if value else None
 
 
-def configure_command(command: str, argv: list[str]) -> None:
+def configure_command(command: str, argv: list[str], verbose: bool = False) -> None:
     """``configure()`` for a `fuserank` command, with the versions its arguments name bound.
 
     ``--model DIR`` binds the model version from DIR's manifest (precompute, serve, evaluate, inspect);
@@ -232,6 +274,7 @@ def configure_command(command: str, argv: list[str]) -> None:
     only once training has exported the artifact). The list version is bound by the stage that
     computes it (``bind(list_version=...)``) and by the API from its cached pointer.
     """
+    set_verbose(verbose)
     configure()
     reset()
     model_version = _manifest_field(_flag(argv, "--model"), "model_version")

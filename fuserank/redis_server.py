@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -34,6 +35,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def ensure_port_free(host: str, port: int, what: str) -> None:
+    """FuseRankError naming ``what`` when another program holds ``host:port`` (checked before slow work starts)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as servers bind: TIME_WAIT does not count
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise FuseRankError(f"{what}: {host}:{port} is taken ({exc.strerror or exc}): stop the program "
+                                "that holds it, or pass --port with a free port") from None
+
+
+def check_reachable(url: str) -> None:
+    """PING ``url`` (a few seconds at most); the redis error when it does not answer, before slow work starts."""
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def interrupt_on_term() -> None:
+    """SIGTERM (and SIGINT) raise KeyboardInterrupt, so a foreground server stops its children either way."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
+
+
 def wait_until_answers(proc: subprocess.Popen, client: redis.Redis, timeout: float = 10.0) -> None:
     """Poll ``client`` until the redis-server ``proc`` answers PING; FuseRankError if it exits or stays silent."""
     deadline = time.time() + timeout
@@ -53,6 +84,8 @@ class LocalRedis:
     """A redis-server child process on 127.0.0.1 with no persistence, stopped on exit or ``stop()``."""
 
     def __init__(self, port: int | None = None, maxmemory_policy: str = "noeviction"):
+        if port:
+            ensure_port_free("127.0.0.1", port, "redis-server")
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="fuserank-redis-")
         self.binary = find_redis_server()
@@ -68,6 +101,18 @@ class LocalRedis:
 
     def _wait_ready(self, timeout: float = 10.0) -> None:
         wait_until_answers(self.proc, redis.Redis(port=self.port, socket_connect_timeout=0.2), timeout)
+
+    def serve_forever(self) -> None:
+        """Block until Ctrl-C or SIGTERM (or the server exits), then stop the server."""
+        interrupt_on_term()
+        try:
+            self.proc.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+        if self.proc.returncode not in (0, -signal.SIGTERM):
+            raise FuseRankError(f"redis-server exited with {self.proc.returncode}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -44,6 +44,11 @@ def open_binary(path, chunk_size: int = GCS_CHUNK_BYTES) -> BinaryIO:
     return blob.open("rb", chunk_size=chunk_size)
 
 
+def endpoint() -> str:
+    """Where GCS requests go: the emulator's address when one is set, else Google's."""
+    return os.environ.get(EMULATOR_ENV) or "storage.googleapis.com"
+
+
 def _client():
     """One client per emulator setting; it is thread-safe and costly to build."""
     return _make_client(os.environ.get(EMULATOR_ENV))

@@ -6,8 +6,15 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import Verbosity, settings
 
 from fuserank.redis_server import LocalRedis
+
+# Randomised tests are reproducible: pytest.ini selects "ci" (derandomize: the same examples on every run,
+# so a red CI is red again on a rerun). `pytest --hypothesis-profile=explore` draws fresh examples;
+# `--hypothesis-profile=explore --hypothesis-seed=N` draws those of seed N again.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=False)
+settings.register_profile("explore", derandomize=False, database=None, print_blob=False, verbosity=Verbosity.normal)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_2020 = ROOT / "data/sample/mal2020/rating_complete_head100k.csv"

@@ -1,4 +1,6 @@
 """The API through Flask's test client, over a real Redis filled by the real precompute."""
+import json
+
 import numpy as np
 import pytest
 import redis
@@ -139,11 +141,42 @@ def test_unknown_anime_is_404_json(client):
     assert r.status_code == 404 and r.is_json and "987654321" in r.get_json()["error"]["message"]
 
 
-def test_unknown_route_and_wrong_method_are_json(client):
-    assert client.get("/v2/nothing").status_code == 404
-    assert client.get("/v2/nothing").is_json
+def test_unknown_api_route_and_wrong_method_are_json(client):
+    for path in ("/v1/nothing", "/v1", "/v1/users/1/x"):
+        r = client.get(path)
+        assert r.status_code == 404 and r.is_json, path
     r = client.delete("/v1/users/1/recommendations")      # GET and POST only
     assert r.status_code == 405 and r.is_json
+    assert client.post("/metrics").is_json
+
+
+def test_unknown_paths_outside_the_api_get_the_html_error_page(client):
+    for path in ("/v2/nothing", "/nowhere", "/anime"):
+        r = client.get(path)
+        assert r.status_code == 404 and r.mimetype == "text/html", path
+        assert "<title>Error 404 · FuseRank</title>" in r.get_data(as_text=True)
+    r = client.post("/search")
+    assert r.status_code == 405 and r.mimetype == "text/html" and "GET" in r.headers["Allow"]
+
+
+def test_stored_and_live_answers_are_the_same_compact_json(client, model):
+    uid = int(model.user_ids[0])
+    stored = client.get(f"/v1/users/{uid}/recommendations?n=3")
+    live = client.get(f"/v1/users/{uid}/recommendations?n=3&source=live")
+    assert stored.get_json()["source"] == "precomputed" and live.get_json()["source"] == "live"
+    for r in (stored, live, client.get("/v1/anime/1/similar?n=3&include_adult=true"),
+              client.post("/v1/recommendations", json={"ratings": [{"anime_id": 1, "rating": 9}]})):
+        text = r.get_data(as_text=True)
+        assert r.status_code == 200 and '", "' not in text and '": ' not in text, text[:200]
+        assert r.get_data().rstrip(b"\n") == json.dumps(r.get_json(), separators=(",", ":")).encode()
+
+
+def test_similar_anime_names_the_anime_asked_about(client, model):
+    a = int(model.popularity[0])
+    aid, name = int(model.anime_ids[a]), str(model.anime["name"].iloc[a])
+    for query in ("", "&include_adult=true"):
+        body = client.get(f"/v1/anime/{aid}/similar?n=3{query}").get_json()
+        assert (body["anime_id"], body["name"]) == (aid, name), query
 
 
 def test_health_and_readiness(client):
@@ -214,6 +247,20 @@ def test_new_user_with_only_unknown_anime_gets_popular(client):
 def test_bad_new_user_bodies_are_400_naming_the_field(client, payload, parameter):
     r = client.post("/v1/recommendations", json=payload)
     assert r.status_code == 400 and r.get_json()["error"]["parameter"] == parameter
+
+
+def test_too_many_ratings_says_how_many_were_sent(client):
+    r = client.post("/v1/recommendations", json={"ratings": [{"anime_id": i, "rating": 7} for i in range(1001)]})
+    assert r.status_code == 400 and "1001 were sent" in r.get_json()["error"]["message"]
+
+
+def test_a_repeated_anime_is_400_naming_it(client, model):
+    ids = [int(x) for x in model.anime_ids[:3]]
+    ratings = [{"anime_id": ids[0], "rating": 9}, {"anime_id": ids[1], "rating": 3}, {"anime_id": ids[0], "rating": 2}]
+    r = client.post("/v1/recommendations", json={"ratings": ratings})
+    error = r.get_json()["error"]
+    assert r.status_code == 400 and error["parameter"] == "ratings[2].anime_id"
+    assert f"anime {ids[0]} is rated twice (ratings[0] and ratings[2])" in error["message"]
 
 
 def test_malformed_and_oversized_bodies(client):

@@ -102,6 +102,13 @@ def test_served_list_version_and_its_age(client, published):
     assert abs(published_at - time.time()) < 600
 
 
+def test_redis_error_series_exist_at_zero_before_any_error(client):
+    scraped = scrape(client)
+    for error in ("ConnectionError", "TimeoutError"):
+        assert (("fuserank_redis_errors_total", frozenset({("error", error)})) in scraped), error
+        assert value(scraped, "fuserank_redis_errors_total", error=error) == 0
+
+
 def test_degraded_answers_and_redis_errors_while_redis_is_down(model_dir):
     server = LocalRedis()
     try:

@@ -78,6 +78,9 @@ def test_index_offers_a_user_form_and_a_search(client):
     assert 'name="user_id"' in body and 'action="/search"' in body
     assert 'name="viewport"' in body and "/static/style.css" in body
     assert client.get("/static/style.css").status_code == 200
+    assert re.search(r"<title>([^<]*)</title>", body).group(1) == "FuseRank"
+    page = client.get("/search?q=bebop").get_data(as_text=True)
+    assert re.search(r"<title>([^<]*)</title>", page).group(1) == "Search: bebop · FuseRank"
 
 
 def test_user_page_renders_the_services_answer_with_genres_and_type(client, small_model):

@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 
 from fuserank import storage
 from fuserank.errors import FuseRankError, InputError
+from fuserank.failures import Tried, explain
 from fuserank.schemas import ingest as S
 from fuserank.training import readers
 
@@ -205,8 +206,9 @@ def load_suppressed(redis_url: str | None = None, path: str | None = None) -> tu
         try:
             ids |= suppressed(client)
         except (redis.RedisError, ValueError) as exc:
-            raise FuseRankError(f"cannot read the suppression list ({type(exc).__name__}: {exc}); "
-                                "refusing to ingest users who may have asked to be forgotten") from None
+            why = explain(exc, Tried(redis_url=redis_url)) or f"{type(exc).__name__}: {exc}"
+            raise FuseRankError(f"cannot read the suppression list ({why}); "
+                                "refusing to ingest users who may have asked to be forgotten") from exc
         finally:
             client.close()
         sources.append("redis")

@@ -29,15 +29,17 @@ RANKING_MAX_BATCH_USERS = 1024
 RANKING_MIN_STEPS = 16
 TRAINERS = ("sampled", "full")
 DEFAULT_NEGATIVES = sampled.DEFAULT_NEGATIVES
+PROGRESS_EVERY_S = 15.0
 
 
 class EpochLog(keras.callbacks.Callback):
-    """One progress line per epoch (loss, MAE, learning rate), and the LR in the history for the plot."""
+    """A progress line per epoch (loss, MAE, learning rate; at INFO the first, the last and one every
+    ``PROGRESS_EVERY_S``, the others at DEBUG), and the LR in the history for the plot."""
 
     def __init__(self, schedule: WarmupExpDecay, epochs: int, experiment):
         super().__init__()
         self.schedule, self.epochs, self.experiment = schedule, epochs, experiment
-        self.t0 = time.time()
+        self.t0 = self.shown_at = time.time()
         self.learning_rates: list[float] = []
 
     def on_epoch_end(self, epoch, logs=None):
@@ -46,8 +48,12 @@ class EpochLog(keras.callbacks.Callback):
         self.learning_rates.append(logs["learning_rate"])
         self.experiment.log_metrics({k: float(v) for k, v in logs.items()}, epoch=epoch + 1)
         shown = " ".join(f"{k}={logs[k]:.4f}" for k in ("loss", "val_loss", "mae", "val_mae") if k in logs)
-        log.info("epoch %d/%d %s lr=%.2e (%.1fs)", epoch + 1, self.epochs, shown, logs["learning_rate"],
-                 time.time() - self.t0)
+        now = time.time()
+        level = logging.DEBUG
+        if epoch == 0 or epoch + 1 == self.epochs or now - self.shown_at >= PROGRESS_EVERY_S:
+            level, self.shown_at = logging.INFO, now
+        log.log(level, "epoch %d/%d %s lr=%.2e (%.1fs)", epoch + 1, self.epochs, shown, logs["learning_rate"],
+                now - self.t0)
 
 
 def _replace_dir(tmp: str, out_dir: str) -> None:
