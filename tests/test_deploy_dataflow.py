@@ -14,6 +14,7 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, SetupOptio
                                                   WorkerOptions)
 
 from fuserank import cli
+from fuserank.config import HybridSettings
 from fuserank.batch import nightly
 from fuserank.batch.pipeline import pipeline_options
 
@@ -39,8 +40,10 @@ def documented_command(marker: str) -> list[str]:
 
 def parse(argv: list[str], monkeypatch) -> dict:
     seen = {}
-    # the documented Redis (a private IP) is not reachable from here: only the argument wiring is under test
+    # the documented Redis (a private IP) and bucket are not reachable from here: only the argument wiring is
+    # under test, so the model's manifest is one with no knobs chosen by train
     monkeypatch.setattr("fuserank.cli._check_memory_policy_before_writing", lambda url, allow: None)
+    monkeypatch.setattr("fuserank.cli._settings", lambda args, model: HybridSettings.for_model({}, **vars(args)))
     monkeypatch.setattr("fuserank.cli._cleanup_after_publish", lambda url: {})
     monkeypatch.setattr("fuserank.batch.pipeline.precompute",
                         lambda model, url, settings, beam, block: seen.update(
@@ -86,11 +89,13 @@ def test_documented_dataflow_run_with_setup_file(monkeypatch):
 
 
 def test_documented_image_matches_the_batch_image_beam_version():
-    """The worker image's Beam must be the launcher's: Dockerfile.batch pins BEAM_VERSION to the tested one."""
+    """The worker image's Beam must be the launcher's: Dockerfile.batch's BEAM_BASE tag (Beam's boot) and the
+    batch lock's apache-beam (its SDK) are the tested version."""
     import apache_beam
     text = (ROOT / "Dockerfile.batch").read_text()
-    pinned = re.search(r"^ARG BEAM_VERSION=(\S+)$", text, re.M).group(1)
-    assert pinned == apache_beam.__version__
+    pinned = re.search(r"^ARG BEAM_BASE=apache/beam_python3\.11_sdk:(\S+)$", text, re.M).group(1)
+    locked = re.search(r"^apache-beam==(\S+)", (ROOT / "locks" / "batch.txt").read_text(), re.M).group(1)
+    assert pinned == locked == apache_beam.__version__
     assert f"({pinned})" in DOC.read_text()
 
 
