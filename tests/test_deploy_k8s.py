@@ -213,6 +213,9 @@ def test_api_and_init_command_lines_parse(overlay, monkeypatch):
     called = {}
     monkeypatch.setattr("fuserank.api.server.serve", lambda *a: called.setdefault("serve", a))
     from fuserank import cli
+    from fuserank.config import HybridSettings
+    # /model is the init container's download: stand in a model whose train chose no knobs
+    monkeypatch.setattr(cli, "_settings", lambda args, model: HybridSettings.for_model({}, **vars(args)))
     argv = expand(api["args"], env)
     assert api["command"] == ["fuserank"] and cli.main(argv) == 0
     model_dir, _redis, host, port, workers, threads, _settings = called["serve"]
