@@ -20,6 +20,15 @@ def empty_db(redis_url: str, db: int) -> str:
     return url
 
 
+def precomputed_random(path, redis_url: str, db: int, settings) -> tuple[str, str]:
+    """A 30-user, 40-anime random model precomputed with ``settings`` into database ``db``: (model, url)."""
+    from fuserank.batch.pipeline import precompute
+    url = empty_db(redis_url, db)
+    model = random_artifact(path, n_users=30, n_anime=40, seed=1)
+    precompute(model, url, settings)
+    return model, url
+
+
 def make_artifact(path, user_emb, anime_emb, lists, genres=None, names=None) -> str:
     """``lists``: dense users x anime array of raw ratings (0 = not on the list, -1 = listed, unrated)."""
     os.makedirs(path, exist_ok=True)

@@ -2,19 +2,15 @@
 import pytest
 
 from fuserank.api.app import create_app
-from fuserank.batch.pipeline import precompute
 from fuserank.config import HybridSettings
-from tests.factories import empty_db, random_artifact
+from tests.factories import precomputed_random
 
 SETTINGS = HybridSettings(top_n=10, neighbours=5)
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, redis_url):
-    url = empty_db(redis_url, 5)
-    model = random_artifact(tmp_path_factory.mktemp("hostile") / "m", n_users=30, n_anime=40, seed=1)
-    precompute(model, url, SETTINGS)
-    return model, url
+    return precomputed_random(tmp_path_factory.mktemp("hostile") / "m", redis_url, 5, SETTINGS)
 
 
 @pytest.fixture

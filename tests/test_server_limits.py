@@ -6,18 +6,15 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
-from fuserank.batch.pipeline import precompute
 from fuserank.config import HybridSettings
-from tests.factories import empty_db, random_artifact, start_server, stop_server
+from tests.factories import precomputed_random, start_server, stop_server
 
 SETTINGS = HybridSettings(top_n=10, neighbours=5)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, redis_url):
-    url = empty_db(redis_url, 6)
-    model = random_artifact(tmp_path_factory.mktemp("limits") / "m", n_users=30, n_anime=40, seed=1)
-    precompute(model, url, SETTINGS)
+    model, url = precomputed_random(tmp_path_factory.mktemp("limits") / "m", redis_url, 6, SETTINGS)
     base, proc = start_server(model, url)
     yield urlsplit(base)
     stop_server(proc)
