@@ -66,13 +66,7 @@ def _head_fields(model_version: str, source: str, list_version: str | None, degr
         fields["list_version"] = list_version
     if degraded:
         fields["degraded"] = True
-    return _compact(fields)[1:-1]
-
-
-def _compact(value) -> bytes:
-    """JSON without spaces, the form the precompute stores lists in (fuserank.keys), so stored and live
-    answers read the same."""
-    return json.dumps(value, separators=(",", ":")).encode()
+    return keys.compact_json(fields).encode()[1:-1]
 
 
 @dataclass
@@ -102,10 +96,10 @@ class Answer:
 
     def to_json(self, key: str, value) -> bytes:
         """The response body; a stored list is not decoded and re-encoded on the hot path."""
-        items = self.raw_items if self.raw_items is not None else _compact(self.items)
+        items = self.raw_items if self.raw_items is not None else keys.compact_json(self.items).encode()
         head = b'{"%s":%s,' % (key.encode(), b"null" if value is None else b"%d" % value)
         if self.name is not None:
-            head += b'"name":%s,' % _compact(self.name)
+            head += b'"name":%s,' % keys.compact_json(self.name).encode()
         return head + _head_fields(self.model_version, self.source, self.list_version, self.degraded) \
             + b',"items":' + items + b"}"
 

@@ -75,6 +75,11 @@ def parse_key(key: bytes | str) -> dict | None:
     return {"version": parts[0], "kind": _SEGMENTS[parts[1]], "id": ident}
 
 
+def compact_json(value) -> str:
+    """JSON without spaces: the form stored lists are written in, and the API's live answers match it."""
+    return json.dumps(value, separators=(",", ":"))
+
+
 def encode_list(anime_ids, scores, names, reasons=None) -> bytes:
     """A stored list: ``OFFSETS\n[ITEM,...]``, best first, ready to be spliced into an API response.
 
@@ -86,7 +91,7 @@ def encode_list(anime_ids, scores, names, reasons=None) -> bytes:
     for i, (a, s, name) in enumerate(zip(anime_ids, scores, names)):
         item = f'{{"anime_id":{int(a)},"name":{json.dumps(str(name))},"score":{float(s):.4f}'
         if reasons is not None and reasons[i] is not None:
-            item += f',"reasons":{json.dumps(reasons[i], separators=(",", ":"))}'
+            item += f',"reasons":{compact_json(reasons[i])}'
         parts.append(item + "}")
     return _assemble(parts)
 
