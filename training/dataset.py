@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -26,6 +26,15 @@ class SplitArrays:
 
     def __len__(self):
         return len(self.user)
+
+    def take(self, rows: np.ndarray) -> "SplitArrays":
+        """The rows selected by ``rows`` (a boolean mask or indices), every column alike."""
+        return SplitArrays(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+    @staticmethod
+    def concat(*splits: "SplitArrays") -> "SplitArrays":
+        """The splits' rows one after another (e.g. train + val + test for the refit on every rating)."""
+        return SplitArrays(*(np.concatenate([getattr(s, f.name) for s in splits]) for f in fields(SplitArrays)))
 
 
 def load_manifest(data_dir: str) -> dict:

@@ -72,10 +72,6 @@ def user_sample(split: SplitArrays, max_ratings: int, seed: int) -> np.ndarray:
     return np.isin(split.user, keep)
 
 
-def take(split: SplitArrays, mask: np.ndarray) -> SplitArrays:
-    return SplitArrays(split.user[mask], split.anime[mask], split.rating[mask], split.raw_rating[mask])
-
-
 class ValidationScorer:
     """Scores embeddings by the hybrid's validation NDCG@10 on a fixed set of validation users."""
 
@@ -129,8 +125,8 @@ def choose(train_s: SplitArrays, val_s: SplitArrays, scorer: ValidationScorer, f
     """
     t0 = time.time()
     sample = user_sample(train_s, space.max_ratings, seed)
-    fit_train = train_s if sample.all() else take(train_s, sample)
-    fit_val = val_s if sample.all() else take(val_s, np.isin(val_s.user, np.unique(fit_train.user)))
+    fit_train = train_s if sample.all() else train_s.take(sample)
+    fit_val = val_s if sample.all() else val_s.take(np.isin(val_s.user, np.unique(fit_train.user)))
     cells = scorer.cells(pinned, space)
     current = {k: pinned.get(k, getattr(RANKING, k)) for k in MODEL_KNOBS}
     choice = Choice(model=dict(current), hybrid={})

@@ -248,11 +248,6 @@ def _fit_sampled(model, schedule, train_s, val_s, n_users, n_anime, bs, epochs, 
     return history
 
 
-def concat(*splits: dataset.SplitArrays) -> dataset.SplitArrays:
-    return dataset.SplitArrays(*(np.concatenate([getattr(x, f) for x in splits])
-                                 for f in ("user", "anime", "rating", "raw_rating")))
-
-
 def _ranking_test_loss(result: FitResult, test_s, known, n_users: int, n_anime: int, seed: int) -> float:
     test_ds = user_batches(test_s, n_users, n_anime, result.params["batch_size"], False, seed, known=known,
                            **{k: result.params[k] for k in ("positive_weight", "like_threshold", "low_weight",
@@ -295,7 +290,7 @@ def _train_ranking(data, train_s, val_s, test_s, n_users, n_anime, fit_kw, knobs
         return fit(tr, va, n_users, n_anime, "ranking", **{**fit_kw, "checkpoint_path": None}, **model_knobs)
 
     if search:
-        held = concat(val_s, test_s)
+        held = dataset.SplitArrays.concat(val_s, test_s)
         scorer = kn.ValidationScorer(hide(lists, held.user, held.anime), val_s, user_ids, anime_ids,
                                      space.max_users, seed)
         choice = kn.choose(train_s, val_s, scorer, fit_model, pinned, space, seed)
@@ -311,7 +306,7 @@ def _train_ranking(data, train_s, val_s, test_s, n_users, n_anime, fit_kw, knobs
                               anime_ids, settings)}
     log.info("held-out fit: test loss=%.4f, served hybrid NDCG@10 %.4f on the test split", metrics["test_loss"],
              metrics["test_ndcg_at_10"])
-    served = fit(concat(train_s, val_s, test_s), None, n_users, n_anime, "ranking",
+    served = fit(dataset.SplitArrays.concat(train_s, val_s, test_s), None, n_users, n_anime, "ranking",
                  **{**fit_kw, "epochs": best_epoch, "checkpoint_path": None}, **choice.model)
     served.history = heldout.history
     return served, metrics, {**choice.record(), "heldout": heldout}
