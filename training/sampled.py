@@ -28,6 +28,7 @@ VAL_BLOCK = 1024
 
 def rating_weights(raw: np.ndarray, positive_weight: float, like_threshold: int, low_weight: float,
                    low_threshold: int) -> np.ndarray:
+    """Each rating's weight in the ranking loss: ``positive_weight`` when liked, ``low_weight`` when disliked."""
     return np.where(raw >= like_threshold, positive_weight,
                     np.where(raw <= low_threshold, low_weight, 1.0)).astype(np.float32)
 
@@ -92,12 +93,9 @@ class SampledSoftmaxTrainer:
             u, logits = self._logits(users)
             a_pos = tf.math.l2_normalize(tf.gather(self.anime, anime), axis=1)
             s_pos = tf.reduce_sum(tf.gather(u, rowid) * a_pos, axis=1) / self.temperature
-            log_z = tf.reduce_logsumexp(logits, axis=1)
+            log_z = tf.gather(tf.reduce_logsumexp(logits, axis=1), rowid)
             if not self.full:
-                log_z = tf.gather(log_z, rowid)
                 log_z = tf.math.reduce_logsumexp(tf.stack([log_z, s_pos]), axis=0)
-            else:
-                log_z = tf.gather(log_z, rowid)
             loss = tf.reduce_sum(weight * (log_z - s_pos)) / tf.cast(tf.shape(users)[0], tf.float32)
         grads = tape.gradient(loss, [self.users, self.anime])
         self.optimizer.apply(grads, [self.users, self.anime])

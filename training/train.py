@@ -125,8 +125,7 @@ def user_batches(split: dataset.SplitArrays, n_users: int, n_anime: int, batch_u
     computed once per epoch instead of once per rating: ~n_ratings/n_users times less work.
     """
     users = np.flatnonzero(np.bincount(split.user, minlength=n_users)).astype(np.int32)
-    weight = np.where(split.raw_rating >= like_threshold, positive_weight,
-                      np.where(split.raw_rating <= low_threshold, low_weight, 1.0)).astype(np.float32)
+    weight = sampled.rating_weights(split.raw_rating, positive_weight, like_threshold, low_weight, low_threshold)
     all_users = np.concatenate([split.user] + [k.user for k in known])
     all_anime = np.concatenate([split.anime] + [k.anime for k in known])
     weight = np.concatenate([weight] + [np.full(len(k.user), -1.0, np.float32) for k in known])
