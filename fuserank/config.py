@@ -190,3 +190,78 @@ def parse_bool(text, where: str) -> bool:
     if lowered in FALSE:
         return False
     raise SettingsError(f"{where}: expected true or false, got {text!r}")
+
+
+# ------------------------------------------------------------------------------------------------
+# The process's environment: the one place os.environ is read or written
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Environment:
+    """Settings every process takes from its environment (not per-command flags), read once.
+
+    Third-party variables that FuseRank sets for the libraries it drives (Prometheus' multiprocess
+    directory, TensorFlow's and Comet's quiet switches) are written through ``export`` / ``unset``.
+    """
+
+    cache_dir: str | None = None             # FUSERANK_CACHE: local copies of gs:// models
+    redis_server: str | None = None          # FUSERANK_REDIS_SERVER: the redis-server binary the demo runs
+    gcs_emulator: str | None = None          # STORAGE_EMULATOR_HOST
+    gcp_project: str | None = None           # GOOGLE_CLOUD_PROJECT
+    log_level: str | None = None             # LOG_LEVEL
+    log_format: str | None = None            # LOG_FORMAT: plain or json
+    prometheus_dir: str | None = None        # PROMETHEUS_MULTIPROC_DIR
+    comet_api_key: str | None = None         # COMET_API_KEY
+    pod_namespace: str | None = None         # POD_NAMESPACE (the nightly job's own namespace)
+    dvc: str | None = None                   # FUSERANK_DVC: the dvc executable
+
+    VARIABLES = {"cache_dir": "FUSERANK_CACHE", "redis_server": "FUSERANK_REDIS_SERVER",
+                 "gcs_emulator": "STORAGE_EMULATOR_HOST", "gcp_project": "GOOGLE_CLOUD_PROJECT",
+                 "log_level": "LOG_LEVEL", "log_format": "LOG_FORMAT", "prometheus_dir": "PROMETHEUS_MULTIPROC_DIR",
+                 "comet_api_key": "COMET_API_KEY", "pod_namespace": "POD_NAMESPACE", "dvc": "FUSERANK_DVC"}
+
+    @classmethod
+    def read(cls, environ: Mapping[str, str] | None = None) -> "Environment":
+        environ = os.environ if environ is None else environ
+        return cls(**{field: (environ.get(name) or None) for field, name in cls.VARIABLES.items()})
+
+
+def environment() -> Environment:
+    """This process's Environment (read when asked, so a test's monkeypatched variable is seen)."""
+    return Environment.read()
+
+
+def environ() -> Mapping[str, str]:
+    """The raw environment, for the layers' ``FUSERANK_<SETTING>`` lookups and for child processes."""
+    return os.environ
+
+
+def export(name: str, value: str, overwrite: bool = True) -> None:
+    """Set a variable a library reads (``overwrite=False``: only where it is unset)."""
+    if overwrite:
+        os.environ[name] = value
+    else:
+        os.environ.setdefault(name, value)
+
+
+def unset(name: str) -> None:
+    os.environ.pop(name, None)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything `fuserank serve` runs with, resolved from the layers (each is a `serve` flag, so
+    ``fuserank serve --help`` shows its default and its FUSERANK_<SETTING> variable)."""
+
+    model: str
+    redis_url: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 2
+    threads: int = 4
+    worker_class: str | None = None          # None: chosen by fuserank.api.server from ``threads``
+    api_key: tuple[str, ...] = ()            # empty: the POSTs that fold a new user in are open
+    rate_limit: int = 60                     # POST /v1/recommendations per client and window; 0 = off
+    rate_window_s: int = 60
+    models_uri: str | None = None            # the nightly job's model store: <uri>/<model version>/
+    log_sample: float = 0.0                  # fraction of requests logged one line each
+    hybrid: HybridSettings | None = None     # None: HybridSettings.for_model(the model's manifest)
