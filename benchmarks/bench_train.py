@@ -38,7 +38,7 @@ def one_fit(data: str, trainer: str, seed: int, negatives: int) -> dict:
     from fuserank.training.train import fit
     counts = dataset.load_manifest(data)["counts"]
     n_users, n_anime = counts["users_kept"], counts["anime"]
-    train_s, val_s, test_s = (dataset.load_split(data, s) for s in dataset.SPLITS)
+    train_s, val_s, test_s = dataset.load_splits(data)
     t0 = time.perf_counter()
     result = fit(train_s, val_s, n_users, n_anime, "ranking", epochs=150, patience=10, seed=seed, trainer=trainer,
                  negatives=negatives)

@@ -260,9 +260,8 @@ class ImplicitALS(Recommender):
 
     Defaults: 64 factors, 15 sweeps, ``reg=0.1``, ``c = 1 + rating`` (``confidence="rating"``,
     ``alpha=1``), i.e. HKV's linear confidence with the explicit rating as the observed strength
-    and no tuned constant. The result is sensitive to this choice (seed-0 NDCG@10 on the bundled
-    2020 / 2016 slices: rating/alpha=1 0.263 / 0.253; binary alpha=1 0.307 / 0.281; binary
-    alpha=10 0.255 / 0.237; binary alpha=40 0.195 / 0.189; ``reg`` in 0.01..1 barely matters).
+    and no tuned constant; the result is sensitive to ``confidence`` and ``alpha``, much less to ``reg``
+    (figures: docs/evaluation/experiments.md).
     """
 
     name = "implicit ALS"

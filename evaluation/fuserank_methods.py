@@ -15,6 +15,7 @@ import scipy.sparse as sp
 from fuserank.artifacts import ModelArtifact
 from fuserank.config import RANKING, HybridSettings
 from fuserank.evaluation.protocol import Split, validation_split
+from fuserank.schemas.ingest import ANIME_COL, RATING_COL, USER_COL
 from fuserank.scorer import HybridScorer
 from fuserank.similarity import l2_normalise
 
@@ -102,8 +103,8 @@ class ServedPath:
         from fuserank.training.train import train
         coo = split.train.tocoo()
         path = os.path.join(workdir, "train.csv")
-        pd.DataFrame({"user_id": split.user_ids[coo.row], "anime_id": split.item_ids[coo.col],
-                      "rating": coo.data.astype(np.int64)}).to_csv(path, index=False)
+        pd.DataFrame({USER_COL: split.user_ids[coo.row], ANIME_COL: split.item_ids[coo.col],
+                      RATING_COL: coo.data.astype(np.int64)}).to_csv(path, index=False)
         ingest(path, os.path.join(workdir, "data"), min_user_ratings=1, seed=seed)
         train(os.path.join(workdir, "data"), os.path.join(workdir, "model"), seed=seed)
         model = ModelArtifact.load(os.path.join(workdir, "model"))

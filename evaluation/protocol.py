@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from fuserank.schemas.ingest import ANIME_COL, RATING_COL, RATING_COLUMNS, USER_COL
+
 __all__ = [
     "TEST_FRACTION",
     "Ratings",
@@ -34,8 +36,6 @@ __all__ = [
 
 #: Share of each user's ratings held out (floor, at least one).
 TEST_FRACTION = 0.2
-
-_RAW_COLUMNS = ("user_id", "anime_id", "rating")
 
 
 @dataclass(frozen=True)
@@ -109,12 +109,12 @@ def load_ratings(path: str | os.PathLike, min_user_ratings: int = 20) -> Ratings
     """Read a ``user_id,anime_id,rating`` CSV and apply the protocol's filters (module docstring)."""
     df = pd.read_csv(
         path,
-        usecols=list(_RAW_COLUMNS),
-        dtype={"user_id": np.int64, "anime_id": np.int64, "rating": np.float32},
+        usecols=list(RATING_COLUMNS),
+        dtype={USER_COL: np.int64, ANIME_COL: np.int64, RATING_COL: np.float32},
     )
-    df = df[df["rating"].to_numpy() > 0]
-    df = df.drop_duplicates(subset=["user_id", "anime_id"], keep="last")
-    users = df["user_id"].to_numpy()
+    df = df[df[RATING_COL].to_numpy() > 0]
+    df = df.drop_duplicates(subset=[USER_COL, ANIME_COL], keep="last")
+    users = df[USER_COL].to_numpy()
     user_ids, user_inv, user_counts = np.unique(users, return_inverse=True, return_counts=True)
     keep = user_counts[user_inv] >= int(min_user_ratings)
     if not keep.any():
@@ -122,8 +122,8 @@ def load_ratings(path: str | os.PathLike, min_user_ratings: int = 20) -> Ratings
         raise InputError(path, f"no user has at least {min_user_ratings} ratings after dropping unrated rows "
                                f"and duplicates", expected="--min-user-ratings at or below the most active user's count")
     users = users[keep]
-    items = df["anime_id"].to_numpy()[keep]
-    rating = df["rating"].to_numpy()[keep].astype(np.float32)
+    items = df[ANIME_COL].to_numpy()[keep]
+    rating = df[RATING_COL].to_numpy()[keep].astype(np.float32)
 
     user_ids, user_idx = np.unique(users, return_inverse=True)
     item_ids, item_idx = np.unique(items, return_inverse=True)

@@ -1,4 +1,4 @@
-"""How the served hybrid's settings were chosen: validation splits carved from the 2020 train split only.
+"""The served hybrid's settings chosen on validation splits carved from the 2020 train split only.
 
     python -m fuserank.evaluation.tune --ratings data/sample/mal2020/rating_complete_head100k.csv
 

@@ -22,12 +22,13 @@ import pandas as pd
 import scipy.sparse as sp
 
 from fuserank.errors import ArtifactError
+from fuserank.schemas.ingest import ANIME_SCHEMA, MANIFEST, UNKNOWN_TYPE, parquet_file, placeholder_name
 
-MANIFEST = "manifest.json"
+MODEL_SCHEMA = "fuserank.model/1"
 USER_EMB = "user_embeddings.npy"
 ANIME_EMB = "anime_embeddings.npy"
-USERS = "users.parquet"
-ANIME = "anime.parquet"
+USERS, ANIME = parquet_file("users"), parquet_file("anime")   # the ingest's encoder tables, copied as they are
+HISTORY = "history.json"
 USER_LISTS = "user_lists.npz"
 LOW_ACTIVITY = {part: f"low_activity_{part}.npy" for part in ("user_ids", "indptr", "anime", "ratings")}
 VERSIONED_FILES = (USER_EMB, ANIME_EMB, USERS, ANIME, USER_LISTS)
@@ -94,16 +95,16 @@ def save_user_lists(path: str, lists: sp.csr_matrix) -> None:
                         ratings=lists.data.astype(np.int8), shape=np.array(lists.shape, dtype=np.int64))
 
 
-def save_low_activity(model_dir: str, user_ids: np.ndarray, anime: np.ndarray, ratings: np.ndarray) -> None:
+def save_low_activity(model_dir: str, user_id: np.ndarray, anime: np.ndarray, raw_rating: np.ndarray) -> None:
     """Rows of the users below the ingest's activity threshold as CSR keyed by raw user id.
 
     The ingest writes them sorted by user and de-duplicated (``low_activity.parquet``), so the user
     boundaries are all that is left to find."""
-    if len(user_ids) > 1 and not np.all(user_ids[1:] >= user_ids[:-1]):
+    if len(user_id) > 1 and not np.all(user_id[1:] >= user_id[:-1]):
         raise ArtifactError("low-activity rows are not sorted by user id (expected the ingest's low_activity.parquet)")
-    starts = np.flatnonzero(np.r_[True, user_ids[1:] != user_ids[:-1]]) if len(user_ids) else np.empty(0, np.int64)
-    parts = {"user_ids": user_ids[starts].astype(np.int64), "indptr": np.append(starts, len(user_ids)).astype(np.int64),
-             "anime": anime.astype(np.int32), "ratings": ratings.astype(np.int8)}
+    starts = np.flatnonzero(np.r_[True, user_id[1:] != user_id[:-1]]) if len(user_id) else np.empty(0, np.int64)
+    parts = {"user_ids": user_id[starts].astype(np.int64), "indptr": np.append(starts, len(user_id)).astype(np.int64),
+             "anime": anime.astype(np.int32), "ratings": raw_rating.astype(np.int8)}
     for part, array in parts.items():
         np.save(os.path.join(model_dir, LOW_ACTIVITY[part]), array)
 
@@ -164,7 +165,8 @@ class ModelArtifact:
                     anime_ids: np.ndarray, lists: sp.csr_matrix, version: str = "in-memory") -> "ModelArtifact":
         """An artifact that never touched disk (offline evaluation trains one per split)."""
         anime = pd.DataFrame({"anime": np.arange(len(anime_ids), dtype=np.int32), "anime_id": anime_ids,
-                              "name": [f"Anime {a}" for a in anime_ids], "genres": "", "type": "Unknown"})
+                              "name": [placeholder_name(a) for a in anime_ids], "genres": "", "type": UNKNOWN_TYPE,
+                              "in_metadata": False}, columns=ANIME_SCHEMA.names)
         return cls("", {"model_version": version}, user_emb.astype(np.float32), anime_emb.astype(np.float32),
                    np.asarray(user_ids, np.int64), anime, lists.tocsr())
 

@@ -83,9 +83,12 @@ def normalise_header(names) -> list[str]:
     return [str(n).replace("\ufeff", "").strip().lower() for n in names]
 
 
+SPLITS = ("train", "val", "test")
+SPLIT_FRACTIONS = {"val": 0.1, "test": 0.1}
 SPLIT_SCHEMA = pa.schema([
     ("user", pa.int32()), ("anime", pa.int32()), ("rating", pa.float32()), ("raw_rating", pa.int8()),
 ])
+"""One rating per row: encoded user and anime, the rating scaled to 0-1 (the target) and raw 1-10."""
 UNRATED_SCHEMA = pa.schema([("user", pa.int32()), ("anime", pa.int32())])
 USERS_SCHEMA = pa.schema([("user", pa.int32()), ("user_id", pa.int64()), ("n_ratings", pa.int32())])
 LOW_ACTIVITY_SCHEMA = pa.schema([("user_id", pa.int64()), ("anime", pa.int32()), ("raw_rating", pa.int8())])
@@ -95,14 +98,15 @@ ANIME_SCHEMA = pa.schema([
     ("anime", pa.int32()), ("anime_id", pa.int64()), ("name", pa.string()), ("genres", pa.string()),
     ("type", pa.string()), ("in_metadata", pa.bool_()),
 ])
-OUTPUT_SCHEMAS = {
-    "train.parquet": SPLIT_SCHEMA,
-    "val.parquet": SPLIT_SCHEMA,
-    "test.parquet": SPLIT_SCHEMA,
-    "unrated.parquet": UNRATED_SCHEMA,
-    "users.parquet": USERS_SCHEMA,
-    "low_activity.parquet": LOW_ACTIVITY_SCHEMA,
-    "anime.parquet": ANIME_SCHEMA,
-}
+OUTPUT_SCHEMAS = {**dict.fromkeys(SPLITS, SPLIT_SCHEMA), "unrated": UNRATED_SCHEMA, "users": USERS_SCHEMA,
+                  "low_activity": LOW_ACTIVITY_SCHEMA, "anime": ANIME_SCHEMA}
+"""The ingest output's tables by name, each written to ``parquet_file(name)`` beside ``MANIFEST``."""
 MANIFEST = "manifest.json"
-SPLIT_FRACTIONS = {"val": 0.1, "test": 0.1}
+"""The file that completes an ingest output and a model artifact alike (written last)."""
+
+
+def parquet_file(table: str) -> str:
+    """File name of one ingest output table; a KeyError for a name that is none."""
+    if table not in OUTPUT_SCHEMAS:
+        raise KeyError(f"{table!r} is not an ingest output table ({', '.join(OUTPUT_SCHEMAS)})")
+    return f"{table}.parquet"

@@ -100,7 +100,7 @@ def test_output_schemas_and_order(tmp_path):
     ingest(str(COMPLETE), str(tmp_path / "out"), min_user_ratings=3)
     for name in TABLES:
         table = pq.read_table(tmp_path / "out" / f"{name}.parquet")
-        assert table.schema.remove_metadata() == S.OUTPUT_SCHEMAS[f"{name}.parquet"], name
+        assert table.schema.remove_metadata() == S.OUTPUT_SCHEMAS[name], name
         df = table.to_pandas()
         keys = ["user", "anime"] if "user" in df and "anime" in df else [df.columns[0]]
         assert df[keys].equals(df[keys].sort_values(keys).reset_index(drop=True)), name

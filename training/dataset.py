@@ -13,12 +13,13 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 
 from fuserank.errors import ArtifactError
-
-SPLITS = ("train", "val", "test")
+from fuserank.schemas import ingest as S
 
 
 @dataclass
 class SplitArrays:
+    """The columns of ``schemas.ingest.SPLIT_SCHEMA`` as numpy arrays."""
+
     user: np.ndarray
     anime: np.ndarray
     rating: np.ndarray       # scaled 0-1 (the training target)
@@ -38,28 +39,42 @@ class SplitArrays:
 
 
 def load_manifest(data_dir: str) -> dict:
-    path = os.path.join(data_dir, "manifest.json")
+    path = os.path.join(data_dir, S.MANIFEST)
     if not os.path.exists(path):
         raise ArtifactError(f"{path}: missing; run `fuserank ingest` first")
     with open(path) as fh:
         return json.load(fh)
 
 
-def load_split(data_dir: str, split: str) -> SplitArrays:
-    path = os.path.join(data_dir, f"{split}.parquet")
+def read_output(data_dir: str, table: str) -> dict[str, np.ndarray] | None:
+    """One ingest output table as numpy columns typed by its schema, or None when the file is absent."""
+    path = os.path.join(data_dir, S.parquet_file(table))
     if not os.path.exists(path):
-        raise ArtifactError(f"{path}: missing from the ingest output")
-    t = pq.read_table(path, columns=["user", "anime", "rating", "raw_rating"])
-    return SplitArrays(t["user"].to_numpy().astype(np.int32), t["anime"].to_numpy().astype(np.int32),
-                       t["rating"].to_numpy().astype(np.float32), t["raw_rating"].to_numpy().astype(np.int8))
+        return None
+    schema = S.OUTPUT_SCHEMAS[table]
+    t = pq.read_table(path, columns=schema.names)
+    return {f.name: t[f.name].to_numpy(zero_copy_only=False).astype(f.type.to_pandas_dtype()) for f in schema}
+
+
+def load_split(data_dir: str, split: str) -> SplitArrays:
+    if split not in S.SPLITS:
+        raise ValueError(f"{split!r} is not a split ({', '.join(S.SPLITS)})")
+    columns = read_output(data_dir, split)
+    if columns is None:
+        raise ArtifactError(f"{os.path.join(data_dir, S.parquet_file(split))}: missing from the ingest output")
+    return SplitArrays(**columns)
+
+
+def load_splits(data_dir: str) -> tuple[SplitArrays, ...]:
+    """Every split, in ``schemas.ingest.SPLITS`` order (train, val, test)."""
+    return tuple(load_split(data_dir, split) for split in S.SPLITS)
 
 
 def load_unrated(data_dir: str) -> tuple[np.ndarray, np.ndarray]:
-    path = os.path.join(data_dir, "unrated.parquet")
-    if not os.path.exists(path):
+    columns = read_output(data_dir, "unrated")
+    if columns is None:
         return np.empty(0, np.int32), np.empty(0, np.int32)
-    t = pq.read_table(path, columns=["user", "anime"])
-    return t["user"].to_numpy().astype(np.int32), t["anime"].to_numpy().astype(np.int32)
+    return columns["user"], columns["anime"]
 
 
 def to_dataset(arrays: tuple, batch_size: int, shuffle: bool, seed: int = 0) -> tf.data.Dataset:

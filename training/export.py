@@ -6,17 +6,16 @@ import os
 import shutil
 
 import numpy as np
-import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from fuserank import artifacts as art
 from fuserank.similarity import l2_normalise
-from fuserank.training.dataset import SPLITS, load_split, load_unrated
+from fuserank.training.dataset import load_splits, load_unrated, read_output
 
 
 def build_user_lists(data_dir: str, n_users: int, n_anime: int) -> sp.csr_matrix:
     """Every (user, anime) on a user's list: raw rating 1-10 where rated, -1 where only listed."""
-    parts = [load_split(data_dir, s) for s in SPLITS]
+    parts = load_splits(data_dir)
     un_user, un_anime = load_unrated(data_dir)
     users = np.concatenate([p.user for p in parts] + [un_user])
     anime = np.concatenate([p.anime for p in parts] + [un_anime])
@@ -30,9 +29,8 @@ def build_user_lists(data_dir: str, n_users: int, n_anime: int) -> sp.csr_matrix
 
 def encoder_ids(data_dir: str) -> tuple[np.ndarray, np.ndarray]:
     """(raw user id per encoded user, raw anime id per encoded anime) of an ingest output."""
-    users = pq.read_table(os.path.join(data_dir, art.USERS)).to_pandas().sort_values("user")
-    anime = pq.read_table(os.path.join(data_dir, art.ANIME)).to_pandas().sort_values("anime")
-    return users["user_id"].to_numpy(np.int64), anime["anime_id"].to_numpy(np.int64)
+    users, anime = read_output(data_dir, "users"), read_output(data_dir, "anime")
+    return users["user_id"][np.argsort(users["user"])], anime["anime_id"][np.argsort(anime["anime"])]
 
 
 def export_artifact(out_dir: str, data_dir: str, user_emb: np.ndarray, anime_emb: np.ndarray,
@@ -52,17 +50,15 @@ def export_artifact(out_dir: str, data_dir: str, user_emb: np.ndarray, anime_emb
         shutil.copyfile(os.path.join(data_dir, name), os.path.join(out_dir, name))
     lists = build_user_lists(data_dir, user_emb.shape[0], anime_emb.shape[0])
     art.save_user_lists(os.path.join(out_dir, art.USER_LISTS), lists)
-    low_path = os.path.join(data_dir, "low_activity.parquet")
-    if os.path.exists(low_path):
-        low = pq.read_table(low_path)
-        art.save_low_activity(out_dir, *(low.column(name).to_numpy()
-                                                                        for name in ("user_id", "anime", "raw_rating")))
+    low = read_output(data_dir, "low_activity")
+    if low is not None:
+        art.save_low_activity(out_dir, **low)
     history_blob = json.dumps(history, sort_keys=True).encode()
-    with open(os.path.join(out_dir, "history.json"), "wb") as fh:
+    with open(os.path.join(out_dir, art.HISTORY), "wb") as fh:
         fh.write(history_blob)
     chosen_blob = json.dumps(manifest_extra["chosen"], sort_keys=True).encode() if "chosen" in manifest_extra else b""
     version, hashes = art.content_version(out_dir, extra=history_blob + chosen_blob)
-    manifest = {"schema": "fuserank.model/1", "model_version": version, "files": hashes,
+    manifest = {"schema": art.MODEL_SCHEMA, "model_version": version, "files": hashes,
                 "n_users": int(user_emb.shape[0]), "n_anime": int(anime_emb.shape[0]),
                 "embedding_dim": int(user_emb.shape[1]), **manifest_extra}
     with open(os.path.join(out_dir, art.MANIFEST), "w") as fh:

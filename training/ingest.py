@@ -52,7 +52,6 @@ from fuserank.training import readers
 
 log = logging.getLogger("fuserank.ingest")
 
-SPLITS = ("train", "val", "test")
 USER_SHIFT, ANIME_SHIFT = 36, 4
 ANIME_MASK, RATING_MASK = (1 << 32) - 1, 15
 USER_LIMIT = 1 << 27          # user ids below this are packed as they are ...
@@ -98,7 +97,7 @@ def ingest(ratings: str, out: str, anime: str | None = None, min_user_ratings: i
         del keys
         tables = plan.tables()
         for name in ("users", "anime", "low_activity"):
-            pq.write_table(tables[name], tmp / f"{name}.parquet")
+            pq.write_table(tables[name], tmp / S.parquet_file(name))
         counts = {"rows_read": scan.rows, **plan.counts(duplicates), "skipped_rows": skipped.rows,
                   "suppressed_users": packed.suppressed_users, "suppressed_rows": packed.suppressed_rows}
         with _stage("hash (parquet still streaming)"):
@@ -607,8 +606,8 @@ class _Plan:
         self.scale, self.scaled_by_packed = _scale_table(*survey.rating_range)
         self.anime_table, self.missing = _anime_table(self.anime_ids, meta)
         self.sizes = _quotas(self.n_ratings)
-        self.columns = {name: _empty_columns(S.SPLIT_SCHEMA, self.sizes[name]) for name in SPLITS}
-        self.columns["unrated"] = _empty_columns(S.UNRATED_SCHEMA, self.unrated_kept)
+        self.columns = {name: _empty_columns(S.OUTPUT_SCHEMAS[name], size)
+                        for name, size in {**self.sizes, "unrated": self.unrated_kept}.items()}
         self.raw_user_ids = packed.user_ids
         self.low_activity: list[tuple] = []   # per slice: raw user ids, their row counts, anime, raw rating
 
@@ -616,8 +615,8 @@ class _Plan:
         """Encode and split every slice into the columns; returns the writer, still finishing.
 
         The sorted keys are released at the end (the caller's reference is the last one)."""
-        schemas = {**{name: S.SPLIT_SCHEMA for name in SPLITS}, "unrated": S.UNRATED_SCHEMA}
-        writer = _StreamWriter(directory, {name: (schemas[name], self.columns[name]) for name in schemas})
+        writer = _StreamWriter(directory, {name: (S.OUTPUT_SCHEMAS[name], columns)
+                                           for name, columns in self.columns.items()})
         try:
             self._fill(writer)
         except BaseException:
@@ -644,7 +643,7 @@ class _Plan:
             used = kept_row & rated
             u, a, r = user[used], anime[used], packed_rating[used]
             labels = labeller.labels(u, self.survey.n_rated[slice_users][self.survey.keep[slice_users]])
-            for label, name in enumerate(SPLITS):
+            for label, name in enumerate(S.SPLITS):
                 pick = labels == label
                 r_pick = r[pick]
                 _put(self.columns[name], filled, name, pick, user=u, anime=a,
@@ -667,8 +666,7 @@ class _Plan:
                 raise AssertionError(f"{name}: filled {size} rows, planned {expected}")
 
     def tables(self) -> dict[str, pa.Table]:
-        tables = {name: _table(S.SPLIT_SCHEMA, **self.columns[name]) for name in SPLITS}
-        tables["unrated"] = _table(S.UNRATED_SCHEMA, **self.columns["unrated"])
+        tables = {name: _table(S.OUTPUT_SCHEMAS[name], **columns) for name, columns in self.columns.items()}
         tables["users"] = _table(S.USERS_SCHEMA, user=np.arange(len(self.user_ids), dtype=np.int32),
                                  user_id=self.user_ids, n_ratings=self.n_ratings)
         tables["anime"] = self.anime_table
@@ -689,7 +687,7 @@ class _Plan:
             "users_kept": len(self.user_ids),
             "anime": len(self.anime_ids),
             "ratings_kept": int(self.per_anime.sum()),
-            **{name: self.sizes[name] for name in SPLITS},
+            **{name: self.sizes[name] for name in S.SPLITS},
             "unrated_kept": self.unrated_kept,
             "low_activity_users": sum(len(p[0]) for p in self.low_activity),
             "low_activity_rows": sum(len(p[2]) for p in self.low_activity),
@@ -717,7 +715,7 @@ def _put(columns: dict, filled: dict, name: str, pick: np.ndarray, **values):
 
 
 def _scale_table(lo: int, hi: int) -> tuple[dict, np.ndarray]:
-    """Rating scale and the scaled rating of each packed rating (rating + 1), computed as before:
+    """Rating scale and the scaled rating of each packed rating (rating + 1):
     ``(raw - lo) / (hi - lo)`` in float32, or 1 when every kept rating is the same."""
     raw = np.arange(-1, RATING_MASK, dtype=np.int8)
     if lo == hi:
@@ -756,7 +754,7 @@ class _StreamWriter:
     def __init__(self, directory: Path, tables: dict):
         self.tables = tables
         self.written = dict.fromkeys(tables, 0)
-        self.writers = {name: pq.ParquetWriter(directory / f"{name}.parquet", schema)
+        self.writers = {name: pq.ParquetWriter(directory / S.parquet_file(name), schema)
                         for name, (schema, _) in tables.items()}
         self.updates: queue.Queue = queue.Queue()
         self.error: BaseException | None = None
@@ -846,7 +844,7 @@ def publish(out: Path, tables: dict[str, pa.Table], manifest: dict):
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         for name, table in tables.items():
-            pq.write_table(table, tmp / f"{name}.parquet")
+            pq.write_table(table, tmp / S.parquet_file(name))
         (tmp / S.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         os.chmod(tmp, 0o755)
         _swap_in(tmp, out)

@@ -1,7 +1,7 @@
-"""The seed's matrix-factorisation model and its learning-rate schedule, made to learn at any data size.
+"""The matrix-factorisation models and their learning-rate schedule, made to learn at any data size.
 
 `build_rating_model` / `build_ranking_model` are the Keras models that are exported; `WarmupExpDecay` the
-seed's schedule.
+warm-up-then-decay schedule.
 """
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ import numpy as np
 import tensorflow as tf
 
 
-# The seed's schedule, tuned for ~5,000 steps per epoch (50M rows at batch 10,000).
-SEED_START_LR, SEED_MIN_LR, SEED_MAX_LR = 1e-5, 1e-5, 5e-5
-SEED_RAMPUP_EPOCHS, SEED_EXP_DECAY = 5, 0.8
+# The base schedule, tuned for ~5,000 steps per epoch (50M rows at batch 10,000).
+BASE_START_LR, BASE_MIN_LR, BASE_MAX_LR = 1e-5, 1e-5, 5e-5
+BASE_RAMPUP_EPOCHS, BASE_EXP_DECAY = 5, 0.8
 REFERENCE_STEPS_PER_EPOCH = 5000
 MAX_LR_CAP = 1e-2
 MIN_STEPS_PER_EPOCH = 50
 
 
 def build_rating_model(n_users: int, n_anime: int, dim: int = 128, seed: int = 0) -> keras.Model:
-    """The seed's network, layer for layer: cosine of the two embeddings -> Dense -> BatchNorm -> sigmoid."""
+    """The rating objective's network: cosine of the two embeddings -> Dense -> BatchNorm -> sigmoid."""
     init = keras.initializers.RandomUniform(-0.05, 0.05, seed=seed)
     user = keras.Input(name="user", shape=(1,), dtype="int32")
     anime = keras.Input(name="anime", shape=(1,), dtype="int32")
@@ -36,42 +36,42 @@ def build_rating_model(n_users: int, n_anime: int, dim: int = 128, seed: int = 0
 
 
 def batch_size_for(n_train: int, requested: int = 10_000) -> int:
-    """The seed's batch of 10,000, shrunk so that even a small sample gets MIN_STEPS_PER_EPOCH steps."""
+    """A batch of 10,000, shrunk so that even a small sample gets MIN_STEPS_PER_EPOCH steps."""
     return int(max(256, min(requested, n_train // MIN_STEPS_PER_EPOCH)))
 
 
 @keras.saving.register_keras_serializable(package="fuserank")
 class WarmupExpDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """The seed's shape (linear warm-up over 5 epochs, then x0.8 per epoch) expressed in steps.
+    """The base schedule's shape (linear warm-up over 5 epochs, then x0.8 per epoch) expressed in steps.
 
     The rates are scaled by REFERENCE_STEPS_PER_EPOCH / steps_per_epoch (capped): with 50x fewer
-    steps per epoch each step must move 50x further for the same per-epoch progress. At the seed's
-    scale (5,000 steps per epoch) this is exactly the seed's schedule.
+    steps per epoch each step must move 50x further for the same per-epoch progress. At the reference
+    scale (5,000 steps per epoch) this is exactly the base schedule.
     """
 
     def __init__(self, steps_per_epoch: int, scale: float | None = None):
         self.steps_per_epoch = int(steps_per_epoch)
         if scale is None:
-            scale = min(max(1.0, REFERENCE_STEPS_PER_EPOCH / self.steps_per_epoch), MAX_LR_CAP / SEED_MAX_LR)
+            scale = min(max(1.0, REFERENCE_STEPS_PER_EPOCH / self.steps_per_epoch), MAX_LR_CAP / BASE_MAX_LR)
         self.scale = float(scale)
 
     def rate_at_epoch(self, epoch: float) -> float:
-        lo, hi, floor = SEED_START_LR * self.scale, SEED_MAX_LR * self.scale, SEED_MIN_LR * self.scale
-        if epoch < SEED_RAMPUP_EPOCHS:
-            return lo + (hi - lo) * epoch / SEED_RAMPUP_EPOCHS
-        return (hi - floor) * SEED_EXP_DECAY ** (epoch - SEED_RAMPUP_EPOCHS) + floor
+        lo, hi, floor = BASE_START_LR * self.scale, BASE_MAX_LR * self.scale, BASE_MIN_LR * self.scale
+        if epoch < BASE_RAMPUP_EPOCHS:
+            return lo + (hi - lo) * epoch / BASE_RAMPUP_EPOCHS
+        return (hi - floor) * BASE_EXP_DECAY ** (epoch - BASE_RAMPUP_EPOCHS) + floor
 
     def __call__(self, step):
         epoch = tf.cast(step, tf.float32) / self.steps_per_epoch
-        lo, hi, floor = SEED_START_LR * self.scale, SEED_MAX_LR * self.scale, SEED_MIN_LR * self.scale
-        warm = lo + (hi - lo) * epoch / SEED_RAMPUP_EPOCHS
-        decay = (hi - floor) * tf.pow(SEED_EXP_DECAY, epoch - SEED_RAMPUP_EPOCHS) + floor
-        return tf.where(epoch < SEED_RAMPUP_EPOCHS, warm, decay)
+        lo, hi, floor = BASE_START_LR * self.scale, BASE_MAX_LR * self.scale, BASE_MIN_LR * self.scale
+        warm = lo + (hi - lo) * epoch / BASE_RAMPUP_EPOCHS
+        decay = (hi - floor) * tf.pow(BASE_EXP_DECAY, epoch - BASE_RAMPUP_EPOCHS) + floor
+        return tf.where(epoch < BASE_RAMPUP_EPOCHS, warm, decay)
 
     @property
     def peak(self) -> float:
         """The highest rate (end of warm-up): `rate / peak` is the schedule's shape, from 0.2 to 1."""
-        return SEED_MAX_LR * self.scale
+        return BASE_MAX_LR * self.scale
 
     def get_config(self):
         return {"steps_per_epoch": self.steps_per_epoch, "scale": self.scale}

@@ -164,7 +164,7 @@ def fit(train_s: dataset.SplitArrays, val_s: dataset.SplitArrays | None, n_users
         negatives: int = DEFAULT_NEGATIVES) -> FitResult:
     """Train one model on in-memory splits (used by `train` and by the offline evaluation).
 
-    ``rating``: the seed's per-rating regression, batches of ratings. ``ranking``: softmax over all
+    ``rating``: the per-rating regression, batches of ratings. ``ranking``: softmax over all
     anime, batches of users (``batch_size`` then bounds users per batch, shrunk to give >= 16 steps);
     a rating counts ``positive_weight`` times when >= ``like_threshold`` and ``low_weight`` times when
     <= ``low_threshold`` (watched but disliked: weaker evidence of taste). Both train with Keras' Adam.
@@ -255,7 +255,7 @@ def _ranking_test_loss(result: FitResult, test_s, known, n_users: int, n_anime: 
 
 
 def _train_rating(train_s, val_s, test_s, n_users, n_anime, fit_kw) -> tuple[FitResult, dict, dict]:
-    """The seed's model: one early-stopped fit, Keras' evaluation of it on the test split."""
+    """The rating model: one early-stopped fit, Keras' evaluation of it on the test split."""
     result = fit(train_s, val_s, n_users, n_anime, "rating", **fit_kw)
     features, target = _inputs(test_s)
     test = result.model.evaluate(features, target, batch_size=result.params["batch_size"], verbose=0,
@@ -319,14 +319,14 @@ def train(data: str, out: str, epochs: int | None = None, embedding_dim: int = 1
 
     ``ranking`` (the served model): knobs left None are chosen on the validation split (``search``;
     without it they take RANKING's defaults), the test figures come from the fit on the train split, and
-    the exported embeddings from a refit on all ratings. ``rating``: the seed's regression, one fit.
+    the exported embeddings from a refit on all ratings. ``rating``: the rating regression, one fit.
     """
     from fuserank.training.knobs import SearchSpace
     _check_objective(objective)
     epochs = epochs or DEFAULT_EPOCHS[objective]
     patience = patience or DEFAULT_PATIENCE[objective]
     data_manifest = dataset.load_manifest(data)
-    train_s, val_s, test_s = (dataset.load_split(data, s) for s in dataset.SPLITS)
+    train_s, val_s, test_s = dataset.load_splits(data)
     n_users, n_anime = data_manifest["counts"]["users_kept"], data_manifest["counts"]["anime"]
 
     os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
