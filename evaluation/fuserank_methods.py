@@ -170,7 +170,7 @@ def fuserank_methods(settings: HybridSettings, options: TrainOptions = TrainOpti
         ("hybrid, random embeddings", lambda s, seed: HybridMethod(random_model(s, seed), settings)),
     ]
     if rating_options is not None:
-        methods.insert(1, ("MF own score (rating, seed objective)",
+        methods.insert(1, ("MF own score (rating objective)",
                            lambda s, seed: OwnScore(trained(s, seed, rating_options))))
         methods.append(("hybrid on rating-objective model",
                         lambda s, seed: HybridMethod(trained(s, seed, rating_options), settings)))

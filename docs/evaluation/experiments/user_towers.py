@@ -10,7 +10,7 @@
 a learned row plus the history term, ``--hist-scale`` times the history term's mean row). Both: cosine / temperature softmax over all
 anime, a rating counting ``--pw`` when >= 8 and ``--lw`` when <= 5. The epoch count is picked on an inner
 carve of the carve's train part (NDCG@10 every ``--every`` epochs), then the model is refit on the whole
-carve train part and scored by its own cosine. Results: README.md, "Reading it".
+carve train part and scored by its own cosine. Results: docs/evaluation/experiments.md, "User towers".
 """
 import argparse
 import logging
