@@ -142,7 +142,7 @@ def _keep_freed_temporaries():
     """Let glibc keep freed temporaries (below 32 MB) for reuse instead of handing them back.
 
     The slice loops allocate the same few MB again and again; by default glibc returns them to the
-    kernel and faults them back in, which cost a quarter of the encode pass in system time. Arrays
+    kernel and faults them back in, which shows as system time in the encode pass. Arrays
     of 32 MB and more (the keys, the output columns) are still mapped separately and go back to the
     kernel when freed. No-op where mallopt is not available.
     """
