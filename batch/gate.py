@@ -57,7 +57,7 @@ def quality_gate(new: dict, published: dict | None, margin: float) -> tuple[bool
 
 
 def margin_of(params: dict, explicit: float | None = None) -> float:
-    """The allowed drop: ``explicit`` (a flag or its variable), else params.yaml ``gate.ndcg-margin``, else the default."""
+    """The allowed drop: ``explicit`` (a flag or its variable), else params.yaml gate.ndcg-margin, else 0.01."""
     if explicit is not None:
         return float(explicit)
     return float((params.get("gate") or {}).get("ndcg-margin", DEFAULT_MARGIN))

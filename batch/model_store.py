@@ -60,17 +60,14 @@ def fetch_published_model(redis_url: str, models_uri: str, out_dir: str, wait_s:
 
     Waits up to ``wait_s`` for a first publish (a fresh cluster has none until the nightly job runs).
     """
-    client = connect(redis_url, "command")
-    try:
-        deadline = time.monotonic() + wait_s
+    deadline = time.monotonic() + wait_s
+    with connect(redis_url, "command") as client:
         while (version := current_version(client)) is None:
             if time.monotonic() >= deadline:
                 raise NightlyError("no published list version in Redis (fuserank:current is unset): run the "
                                    "nightly job once (kubectl create job --from=cronjob/fuserank-nightly ...)")
             time.sleep(poll_s)
         model_version = read_meta(client, version).get("model_version")
-    finally:
-        client.close()
     if not model_version:
         raise NightlyError(f"list version {version} has no model_version in its meta hash")
     return fetch_model(models_uri, str(model_version), out_dir)

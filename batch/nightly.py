@@ -9,9 +9,7 @@
 
 Exit statuses: 0 published (or already serving this list version), 3 refused by the gate (the CronJob's
 podFailurePolicy fails the Job without retries), 1 a step failed (dvc, precompute, Redis, storage), 2 bad usage.
-
-The API image runs ``fetch-model`` and has neither TensorFlow, Beam, DVC, PyYAML nor the kubernetes client:
-none of them is imported at module level here or in the modules this one imports.
+The API image (``fetch-model``) has no TensorFlow, Beam, DVC, PyYAML or kubernetes: none is imported at load.
 """
 from __future__ import annotations
 
@@ -104,34 +102,29 @@ def run_nightly(settings: NightlySettings, run: Callable[..., subprocess.Complet
         dvc(workdir, "push", "--run-cache", run=run)
     if settings.state_uri:
         storage.upload(os.path.join(workdir, LOCK), join(settings.state_uri, LOCK))
-    return publish_if_better(os.path.join(workdir, RELEASE_DIR), settings.redis_url,
-                             margin=margin_of(params, settings.margin), precompute_params=precompute_params_of(params),
-                             models_uri=settings.models_uri, beam_args=settings.beam_args, restart=settings.restart,
-                             run=run)
+    return publish(settings, os.path.join(workdir, RELEASE_DIR), params, run=run)
+
+
+def publish(settings: NightlySettings, model_dir: str | None = None, params: dict | None = None,
+            run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> int:
+    """Gate, store, precompute and roll ``model_dir`` (default ``settings.model``) with ``params`` (default: the
+    ``settings.params`` file, when there is one)."""
+    if params is None:
+        params = config.load_params(settings.params) if os.path.isfile(settings.params) else {}
+    return publish_if_better(model_dir or settings.model, settings.redis_url, margin=margin_of(params, settings.margin),
+                             precompute_params=precompute_params_of(params), models_uri=settings.models_uri,
+                             beam_args=settings.beam_args, restart=settings.restart, run=run)
 
 
 def print_gate(settings: NightlySettings) -> int:
     new = load_evaluation(settings.model)
-    client = connect(settings.redis_url, "command")
-    try:
+    with connect(settings.redis_url, "command") as client:
         served, published = published_evaluation(client)
-    finally:
-        client.close()
     ok, reason = quality_gate(new, published, margin_of({}, settings.margin))
     print(json.dumps({"ok": ok, "reason": reason, "served": served, "new": new, "published": published}))
     return EXIT_OK if ok else EXIT_REFUSED
 
 
-def publish(settings: NightlySettings) -> int:
-    params = config.load_params(settings.params) if os.path.isfile(settings.params) else {}
-    return publish_if_better(settings.model, settings.redis_url, margin=margin_of(params, settings.margin),
-                             precompute_params=precompute_params_of(params), models_uri=settings.models_uri,
-                             beam_args=settings.beam_args, restart=settings.restart)
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
 def _margin(text: str) -> float:
     try:
         value = float(text)

@@ -3,6 +3,7 @@ served pointer) and the API's rollout. Returns ``EXIT_OK`` or ``EXIT_REFUSED``; 
 NightlyError and the served version stays current."""
 from __future__ import annotations
 
+import argparse
 import logging
 import shlex
 import subprocess
@@ -26,13 +27,10 @@ EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 3     # 2: bad usage (argparse)
 
 
 def _runner_is_remote(beam_args: Sequence[str]) -> bool:
-    args = list(beam_args)
-    for i, arg in enumerate(args):
-        value = arg.split("=", 1)[1] if arg.startswith("--runner=") else (
-            args[i + 1] if arg == "--runner" and i + 1 < len(args) else None)
-        if value is not None:
-            return "dataflow" in value.lower()
-    return False
+    """Does ``--runner`` name Dataflow (whose workers read the model from the store, not this pod's disk)?"""
+    runner = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    runner.add_argument("--runner", default="")
+    return "dataflow" in runner.parse_known_args(list(beam_args))[0].runner.lower()
 
 
 def precompute_command(model: str, redis_url: str, precompute_params: dict, beam_args: Sequence[str]) -> list[str]:
@@ -52,38 +50,33 @@ def publish_if_better(model_dir: str, redis_url: str, *, margin: float, precompu
     if isinstance(evaluated, dict) and evaluated != settings.to_dict():
         raise NightlyError(f"{model_dir}/{EVALUATION} scored the hybrid with {evaluated}, but the precompute would "
                            f"publish {settings.to_dict()}: evaluate with the same settings (params.yaml `hybrid`)")
-    client = connect(redis_url, "command")
-    try:
+    with connect(redis_url, "command") as client:
         served, published = published_evaluation(client)
         target = keys.list_version(new["model_version"], settings.digest())
-        if served == target:
+        if served == target:      # a retried night: its roll may have failed after the publish
             print(f"fuserank nightly: list version {target} (model {new['model_version']}) is already being served; "
                   "nothing to publish", file=sys.stderr)
-            if restart is not None:       # a retried night whose roll failed after the publish
-                restart_deployment(restart, new["model_version"])
-            return EXIT_OK
-        ok, reason = quality_gate(new, published, margin)
-        if not ok:
-            print(f"fuserank nightly: quality gate refused: {reason} ({served or 'none'} stays current)",
-                  file=sys.stderr)
-            return EXIT_REFUSED
-        print(f"fuserank nightly: quality gate passed: {reason}", file=sys.stderr)
-        remote = _runner_is_remote(beam_args)
-        if remote and not models_uri:
-            raise NightlyError("a Dataflow precompute needs --models-uri gs://... (workers read the model from GCS)")
-        stored = store_model(model_dir, models_uri) if models_uri else None
-        cmd = precompute_command(stored if remote else model_dir, redis_url, precompute_params, beam_args)
-        log.info("running %s", shlex.join(cmd[:4] + ["..."]))
-        proc = run(cmd)
-        if proc.returncode != 0:
-            raise NightlyError(f"fuserank precompute exited with {proc.returncode}; {served or 'no version'} "
-                               "stays current")
-        now_served = current_version(client)
-        if now_served != target:
-            raise NightlyError(f"precompute finished but fuserank:current is {now_served}, expected {target}")
-    finally:
-        client.close()
-    print(f"fuserank nightly: published list version {target} (previous: {served or 'none'})", file=sys.stderr)
+        else:
+            ok, reason = quality_gate(new, published, margin)
+            if not ok:
+                print(f"fuserank nightly: quality gate refused: {reason} ({served or 'none'} stays current)",
+                      file=sys.stderr)
+                return EXIT_REFUSED
+            print(f"fuserank nightly: quality gate passed: {reason}", file=sys.stderr)
+            remote = _runner_is_remote(beam_args)
+            if remote and not models_uri:
+                raise NightlyError("a Dataflow precompute needs --models-uri gs://... (workers read the model "
+                                   "from GCS)")
+            stored = store_model(model_dir, models_uri) if models_uri else None
+            cmd = precompute_command(stored if remote else model_dir, redis_url, precompute_params, beam_args)
+            log.info("running %s", shlex.join(cmd[:4] + ["..."]))
+            proc = run(cmd)
+            if proc.returncode != 0:
+                raise NightlyError(f"fuserank precompute exited with {proc.returncode}; {served or 'no version'} "
+                                   "stays current")
+            if (now_served := current_version(client)) != target:
+                raise NightlyError(f"precompute finished but fuserank:current is {now_served}, expected {target}")
+            print(f"fuserank nightly: published list version {target} (previous: {served or 'none'})", file=sys.stderr)
     if restart is not None:
         restart_deployment(restart, new["model_version"])
     return EXIT_OK
