@@ -14,7 +14,6 @@ The API image (``fetch-model``) has no TensorFlow, Beam, DVC, PyYAML or kubernet
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
@@ -22,7 +21,7 @@ import os
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable, Mapping, Sequence
 
 import redis
@@ -64,7 +63,7 @@ class NightlySettings:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "NightlySettings":
-        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
         if getattr(args, "restart_deployment", None):
             values["restart"] = RestartTarget.parse(args.restart_deployment)
         values["beam_args"] = tuple(shlex.split(getattr(args, "beam_args", None) or ""))

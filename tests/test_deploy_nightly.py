@@ -265,3 +265,28 @@ def test_params_helpers(monkeypatch):
     monkeypatch.setenv("REDIS_URL", "redis://x")
     args = nightly.build_parser().parse_args(["run", "--workdir", "/w", "--set", "train.patience=1"])
     assert args.set == ["train.epochs=3", "ingest.seed=1", "train.patience=1"]
+
+
+def test_settings_resolve_once_from_flags_and_the_environment(tmp_path, monkeypatch):
+    """Flags over FUSERANK_<SETTING> variables; --params-override then --set merged; the restart target in the
+    pod's namespace; every variable named in --help."""
+    override = tmp_path / "override.yaml"
+    override.write_text("train:\n  epochs: 5\n  patience: 2\n")
+    for name, value in {"REDIS_URL": "redis://r:6379/0", "FUSERANK_MODELS_URI": "gs://b/models",
+                        "FUSERANK_RESTART_DEPLOYMENT": "fuserank-api", "POD_NAMESPACE": "fuserank",
+                        "FUSERANK_BEAM_ARGS": "--runner DataflowRunner --project 'p x'",
+                        "FUSERANK_NDCG_MARGIN": "0.02", "FUSERANK_SET": "train.epochs=3"}.items():
+        monkeypatch.setenv(name, value)
+    args = nightly.build_parser().parse_args(["run", "--workdir", "/w", "--params-override", str(override),
+                                              "--margin", "0.05", "--no-push"])
+    settings = nightly.NightlySettings.from_args(args)
+    assert settings == nightly.NightlySettings(
+        "redis://r:6379/0", margin=0.05, models_uri="gs://b/models", restart=RestartTarget("fuserank", "fuserank-api"),
+        beam_args=("--runner", "DataflowRunner", "--project", "p x"), workdir="/w",
+        params_override={"train": {"epochs": 3, "patience": 2}}, push=False)
+    monkeypatch.setenv("FUSERANK_NDCG_MARGIN", "-1")
+    with pytest.raises(SystemExit):
+        nightly.build_parser().parse_args(["gate", "--model", "m"])
+    usage = cli("run", "--help").stdout
+    for name in ("$FUSERANK_MODELS_URI", "$REDIS_URL", "$FUSERANK_NDCG_MARGIN", "$FUSERANK_WORKDIR", "$FUSERANK_SET"):
+        assert name in usage, name
