@@ -18,12 +18,9 @@ DEFAULT_MARGIN = 0.01
 
 
 def _ndcg(evaluation: dict | None) -> float | None:
-    if not isinstance(evaluation, dict):
-        return None
-    value = evaluation.get("ndcg_at_10")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
+    value = evaluation.get("ndcg_at_10") if isinstance(evaluation, dict) else None
+    valid = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if valid else None
 
 
 def quality_gate(new: dict, published: dict | None, margin: float) -> tuple[bool, str]:

@@ -75,13 +75,9 @@ class NightlySettings:
 
 
 def run_nightly(settings: NightlySettings, run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> int:
-    """One night: returns an exit status (EXIT_OK / EXIT_REFUSED); raises NightlyError when a step fails.
-
-    ``state_uri`` keeps the last night's ``dvc.lock`` (the image carries the one of its commit), so
-    ``dvc pull`` fetches the newest data snapshot and model and ``dvc repro`` retrains only when the
-    data (or a parameter) changed; the pushed run-cache lets a fresh pod restore a stage instead of
-    rerunning it.
-    """
+    """One night: EXIT_OK or EXIT_REFUSED; NightlyError when a step fails. ``state_uri`` keeps the last night's
+    ``dvc.lock`` (the image carries its commit's), so ``dvc repro`` retrains only when the data or a parameter
+    changed; the pushed run-cache lets a fresh pod restore a stage instead of rerunning it."""
     workdir = prepare_workspace(settings.project, settings.workdir)
     if settings.dvc_remote_url:
         dvc(workdir, "remote", "add", "--local", "--force", "--default", "nightly", settings.dvc_remote_url, run=run)
