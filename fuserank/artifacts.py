@@ -55,18 +55,19 @@ def content_version(model_dir: str, extra: bytes = b"") -> tuple[str, dict]:
     return digest[:16], hashes
 
 
-def localise(model_dir: str) -> str:
-    """A local directory with the artifact: the path itself, or a verified cached copy of a ``gs://`` one.
+def localise(model_dir: str, into: str | None = None) -> str:
+    """A local directory with the artifact: the path itself, or a verified cached copy of a ``gs://`` one
+    (``into``: a verified copy in that directory, of a local artifact too).
 
     Dataflow workers and API pods read the model from GCS; every file is checked against the
     sha256 in the manifest, so a half-uploaded or tampered artifact is refused.
     """
     from fuserank import storage
-    if not storage.is_gcs(model_dir):
+    if into is None and not storage.is_gcs(model_dir):
         return model_dir
     uri = model_dir.rstrip("/")
     root = os.environ.get("FUSERANK_CACHE") or os.path.join(tempfile.gettempdir(), "fuserank-models")
-    local = os.path.join(root, hashlib.sha256(uri.encode()).hexdigest()[:16])
+    local = into or os.path.join(root, hashlib.sha256(uri.encode()).hexdigest()[:16])
     os.makedirs(local, exist_ok=True)
     try:
         with storage.open_binary(f"{uri}/{MANIFEST}") as fh:

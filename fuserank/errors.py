@@ -23,3 +23,7 @@ class InputError(FuseRankError, ValueError):
 
 class ArtifactError(FuseRankError):
     """A data or model directory is missing a file or does not match its manifest."""
+
+
+class NightlyError(FuseRankError):
+    """A step of the nightly job failed (dvc, precompute, the model store, the rollout): nothing was published."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 from typing import BinaryIO
 
 GCS_SCHEME = "gs://"
@@ -42,6 +43,30 @@ def open_binary(path, chunk_size: int = GCS_CHUNK_BYTES) -> BinaryIO:
     if blob is None:
         raise FileNotFoundError(f"{path}: no such object")
     return blob.open("rb", chunk_size=chunk_size)
+
+
+def upload(local: str, uri: str) -> None:
+    """Copy a local file to a local path (replaced atomically) or a ``gs://`` object."""
+    if is_gcs(uri):
+        bucket_name, key = split_gcs(uri)
+        _client().bucket(bucket_name).blob(key).upload_from_filename(local)
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
+    tmp = f"{uri}.tmp-{os.getpid()}"
+    shutil.copyfile(local, tmp)
+    os.replace(tmp, uri)
+
+
+def download(path, local: str) -> bool:
+    """Copy a local path or a ``gs://`` object to ``local``; False when there is none."""
+    os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
+    try:
+        src = open_binary(path)
+    except FileNotFoundError:
+        return False
+    with src, open(local, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    return True
 
 
 def endpoint() -> str:

@@ -162,7 +162,7 @@ def test_starts_on_the_published_model_and_keeps_a_consistent_pair_when_a_model_
 
 def test_models_are_found_on_gcs_and_in_the_model_store(two_models, tmp_path, redis_client, redis_url,
                                                          gcs_emulator, monkeypatch):
-    from fuserank.batch.nightly import store_model
+    from fuserank.batch.model_store import store_model
     monkeypatch.setenv("FUSERANK_CACHE", str(tmp_path / "cache"))
     m1, m2 = two_models
     m3 = random_artifact(tmp_path / "m3", n_users=30, n_anime=40, seed=3)   # --model: never published

@@ -15,7 +15,9 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, SetupOptio
 
 from fuserank import cli
 from fuserank.config import HybridSettings
-from fuserank.batch import nightly
+from fuserank.batch.model_store import store_model
+from fuserank.batch.release import publish_if_better
+from fuserank.errors import NightlyError
 from fuserank.batch.pipeline import pipeline_options
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,21 +112,21 @@ def test_nightly_hands_dataflow_the_stored_model(tmp_path, redis_client, redis_u
     def run(cmd, **kw):
         commands.append(cmd)
         return subprocess.CompletedProcess(cmd, 0)
-    with pytest.raises(nightly.NightlyError, match="expected"):      # nothing really published
-        nightly.publish_if_better(model, redis_url, margin=0.01, models_uri=str(tmp_path / "store"),
+    with pytest.raises(NightlyError, match="expected"):      # nothing really published
+        publish_if_better(model, redis_url, margin=0.01, models_uri=str(tmp_path / "store"),
                                   beam_args=["--runner", "DataflowRunner"], run=run)
     (cmd,) = commands
     assert cmd[cmd.index("--model") + 1] == str(tmp_path / "store" / version)
     assert cmd[cmd.index("--") + 1:] == ["--runner", "DataflowRunner"]
-    with pytest.raises(nightly.NightlyError, match="needs --models-uri"):
-        nightly.publish_if_better(model, redis_url, margin=0.01, beam_args=["--runner=DataflowRunner"], run=run)
+    with pytest.raises(NightlyError, match="needs --models-uri"):
+        publish_if_better(model, redis_url, margin=0.01, beam_args=["--runner=DataflowRunner"], run=run)
 
 
 def test_model_artifact_loads_from_gcs(tmp_path, gcs_emulator):
     from fuserank.artifacts import ModelArtifact
     from tests.factories import random_artifact
     model = random_artifact(tmp_path / "model", n_users=5, n_anime=12)
-    stored = nightly.store_model(model, "gs://fuserank-models/models")
+    stored = store_model(model, "gs://fuserank-models/models")
     assert ModelArtifact.load(stored).version == ModelArtifact.load(model).version
 
 
@@ -134,7 +136,7 @@ def test_tampered_gcs_model_is_refused(tmp_path, gcs_emulator, monkeypatch):
     from fuserank.errors import ArtifactError
     from tests.factories import random_artifact
     monkeypatch.setenv("FUSERANK_CACHE", str(tmp_path / "cache"))
-    stored = nightly.store_model(random_artifact(tmp_path / "model", n_users=5, n_anime=12),
+    stored = store_model(random_artifact(tmp_path / "model", n_users=5, n_anime=12),
                                  "gs://fuserank-models/models")
     bucket, key = storage.split_gcs(f"{stored}/user_embeddings.npy")
     storage._client().bucket(bucket).blob(key).upload_from_string(b"not the embeddings")

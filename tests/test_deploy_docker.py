@@ -277,12 +277,12 @@ def test_api_code_runs_without_the_training_stack(tmp_path, redis_client, redis_
     answer) with TensorFlow, Beam, DVC, Comet and matplotlib made unimportable."""
     from tests.factories import random_artifact
     from fuserank import keys
-    from fuserank.batch import nightly
+    from fuserank.batch.model_store import store_model
     from fuserank.publish import write_meta
 
     model = random_artifact(tmp_path / "model", n_users=12, n_anime=9)
     version = json.loads((Path(model) / "manifest.json").read_text())["model_version"]
-    nightly.store_model(model, str(tmp_path / "store"))
+    store_model(model, str(tmp_path / "store"))
     redis_client.set(keys.CURRENT, f"{version}-x")
     write_meta(redis_client, f"{version}-x", {"model_version": version})
     script = BLOCKER.format(blocked=set(TRAINING_STACK)) + f"""

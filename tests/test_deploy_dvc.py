@@ -18,7 +18,10 @@ import pytest
 import yaml
 
 from fuserank import keys
-from fuserank.batch import nightly
+from fuserank.batch.dvc_step import DATA_DIR, RELEASE_DIR, TRAIN_DIR, prepare_workspace
+from fuserank.batch.model_store import fetch_published_model
+from fuserank.batch.nightly import NightlySettings, run_nightly
+from fuserank.batch.release import EXIT_OK, EXIT_REFUSED
 from fuserank.publish import current_version, write_meta
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,11 +79,11 @@ def test_stages_chain_ingest_train_evaluate_precompute():
     assert stages["ingest"]["deps"] == ["${ingest.ratings}", "${ingest.anime}"]
     assert stages["train"]["deps"] == stages["ingest"]["outs"]
     assert set(stages["evaluate"]["deps"]) == set(stages["train"]["outs"] + stages["ingest"]["outs"])
-    assert stages["evaluate"]["outs"] == [nightly.RELEASE_DIR]
+    assert stages["evaluate"]["outs"] == [RELEASE_DIR]
     pre = stages["precompute"]
     assert pre["always_changed"] is True and "outs" not in pre and "metrics" not in pre   # not cached
-    assert pre["deps"] == [nightly.RELEASE_DIR] and "fuserank.batch.nightly publish" in pre["cmd"]
-    assert stages["ingest"]["outs"] == [nightly.DATA_DIR] and stages["train"]["outs"] == [nightly.TRAIN_DIR]
+    assert pre["deps"] == [RELEASE_DIR] and "fuserank.batch.nightly publish" in pre["cmd"]
+    assert stages["ingest"]["outs"] == [DATA_DIR] and stages["train"]["outs"] == [TRAIN_DIR]
     for name, stage in stages.items():
         for section in stage.get("params", []):
             assert section in params(), (name, section)
@@ -128,7 +131,7 @@ def pipeline(tmp_path_factory):
         pytest.fail("dvc is missing from the venv: install the dev extra")
     tmp = tmp_path_factory.mktemp("dvc")
     env = dvc_env(tmp)
-    ws = Path(nightly.prepare_workspace(str(ROOT), str(tmp / "project")))
+    ws = Path(prepare_workspace(str(ROOT), str(tmp / "project")))
     (ws / "dvc.lock").unlink(missing_ok=True)
     p = yaml.safe_load((ws / "params.yaml").read_text())
     p["train"]["epochs"] = EPOCHS
@@ -144,18 +147,18 @@ def pipeline(tmp_path_factory):
 
 def test_repro_push_clear_pull_gives_identical_artifacts(pipeline):
     ws, env = pipeline["ws"], pipeline["env"]
-    outputs = [nightly.DATA_DIR, nightly.TRAIN_DIR] + (
-        [nightly.RELEASE_DIR, "runs/dvc/evaluation.json"] if pipeline["target"] == "evaluate" else [])
+    outputs = [DATA_DIR, TRAIN_DIR] + (
+        [RELEASE_DIR, "runs/dvc/evaluation.json"] if pipeline["target"] == "evaluate" else [])
     before = {o: tree_hashes(ws / o) if (ws / o).is_dir() else (ws / o).read_bytes() for o in outputs}
     assert all(before.values())
     if pipeline["target"] == "evaluate":
-        evaluation = json.loads((ws / nightly.RELEASE_DIR / "evaluation.json").read_text())
-        manifest = json.loads((ws / nightly.RELEASE_DIR / "manifest.json").read_text())
+        evaluation = json.loads((ws / RELEASE_DIR / "evaluation.json").read_text())
+        manifest = json.loads((ws / RELEASE_DIR / "manifest.json").read_text())
         assert evaluation["model_version"] == manifest["model_version"]
         assert 0.0 <= evaluation["ndcg_at_10"] <= 1.0
         assert json.loads((ws / "runs/dvc/evaluation.json").read_text()) == evaluation
         # evaluate worked on a copy: train's output is untouched, so train is not stale
-        assert not (ws / nightly.TRAIN_DIR / "evaluation.json").exists()
+        assert not (ws / TRAIN_DIR / "evaluation.json").exists()
     shutil.rmtree(ws / ".dvc" / "cache")
     shutil.rmtree(ws / "runs" / "dvc")
     dvc(ws, env, "pull")
@@ -188,16 +191,17 @@ def run_nightly_logged(pipeline, workdir: Path, redis_url: str, models_uri: Path
         proc = subprocess.run(cmd, env=pipeline["env"], capture_output=True, text=True, timeout=600, **kw)
         log.append(proc.stdout + proc.stderr)
         return proc
-    code = nightly.run_nightly(str(pipeline["ws"]), str(workdir), redis_url, margin=0.01,
-                               models_uri=str(models_uri), dvc_remote_url=str(pipeline["remote"]),
-                               state_uri=str(pipeline["tmp"] / "state"), run=run)
+    settings = NightlySettings(redis_url, margin=0.01, models_uri=str(models_uri), project=str(pipeline["ws"]),
+                               workdir=str(workdir), dvc_remote_url=str(pipeline["remote"]),
+                               state_uri=str(pipeline["tmp"] / "state"))
+    code = run_nightly(settings, run=run)
     return code, "\n".join(log)
 
 
 def test_nightly_refuses_a_worse_model_then_publishes_a_good_one(pipeline, redis_client, redis_url):
     if pipeline["target"] != "evaluate":
         pytest.skip("`fuserank evaluate` is not available yet: the gate has no evaluation to read")
-    new = json.loads((pipeline["ws"] / nightly.RELEASE_DIR / "evaluation.json").read_text())
+    new = json.loads((pipeline["ws"] / RELEASE_DIR / "evaluation.json").read_text())
     store = pipeline["tmp"] / "models"
     # 1. the published model scores well above the new one: refused, nothing changes
     write_meta(redis_client, "published-v", {"model_version": "published", "state": "complete",
@@ -205,7 +209,7 @@ def test_nightly_refuses_a_worse_model_then_publishes_a_good_one(pipeline, redis
                                                              "ndcg_at_10": new["ndcg_at_10"] + 0.05}})
     redis_client.set(keys.CURRENT, "published-v")
     code, log = run_nightly_logged(pipeline, pipeline["tmp"] / "night1", redis_url, store)
-    assert code == nightly.EXIT_REFUSED
+    assert code == EXIT_REFUSED
     # the lock came from the project, the outputs from the remote: nothing was retrained
     assert "Running stage" not in log and "didn't change" in log, log[-3000:]
     assert current_version(redis_client) == "published-v"
@@ -215,10 +219,10 @@ def test_nightly_refuses_a_worse_model_then_publishes_a_good_one(pipeline, redis
     write_meta(redis_client, "published-v", {"evaluation": {**new, "model_version": "published",
                                                             "ndcg_at_10": new["ndcg_at_10"] + 0.005}})
     code, log = run_nightly_logged(pipeline, pipeline["tmp"] / "night2", redis_url, store)
-    assert code == nightly.EXIT_OK, log[-3000:]
+    assert code == EXIT_OK, log[-3000:]
     served = current_version(redis_client)
     assert served.startswith(new["model_version"] + "-") and redis_client.get(keys.PREVIOUS) == b"published-v"
     out = pipeline["tmp"] / "fetched"
-    nightly.fetch_published_model(redis_url, str(store), str(out))
+    fetch_published_model(redis_url, str(store), str(out))
     from fuserank.artifacts import ModelArtifact
     assert ModelArtifact.load(str(out)).version == new["model_version"]

@@ -14,6 +14,8 @@ import yaml
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 from fuserank.batch import nightly  # noqa: E402
+from fuserank.batch.params import parse_set, settings_of  # noqa: E402
+from fuserank.batch.release import EXIT_REFUSED  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
@@ -169,7 +171,7 @@ def test_nightly_cronjob(overlay, monkeypatch):
     # a gate refusal fails the Job at once instead of being retried
     rule = job["podFailurePolicy"]["rules"][0]
     assert rule["action"] == "FailJob"
-    assert rule["onExitCodes"] == {"containerName": c["name"], "operator": "In", "values": [nightly.EXIT_REFUSED]}
+    assert rule["onExitCodes"] == {"containerName": c["name"], "operator": "In", "values": [EXIT_REFUSED]}
     assert c["command"] == ["python", "-m", "fuserank.batch.nightly"] and c["args"][0] == "run"
     assert c["image"].split("/")[-1].startswith("fuserank-batch")
     # the args parse with the nightly CLI under the container's environment
@@ -196,7 +198,7 @@ def test_params_override_keys_exist_in_params_yaml(overlay):
     _, docs = overlay
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     override = yaml.safe_load(config_data(docs)["params.override.yaml"]) or {}
-    set_items = nightly.parse_set(config_data(docs).get("FUSERANK_SET", "").split())
+    set_items = parse_set(config_data(docs).get("FUSERANK_SET", "").split())
     for source in (override, set_items):
         for section, values in source.items():
             assert section in params, section
@@ -222,7 +224,7 @@ def test_api_and_init_command_lines_parse(overlay, monkeypatch):
     assert (model_dir, host, port) == ("/model", "0.0.0.0", 8000) and workers >= 1 and threads >= 1
     # the live path scores with the knobs the lists were precomputed (and evaluated) with
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert _settings == nightly.settings_of(params["hybrid"])
+    assert _settings == settings_of(params["hybrid"])
     init = next(c for c in spec["initContainers"] if c["name"] == "fetch-model")
     use_env(monkeypatch, container_env(docs, init))
     args = nightly.build_parser().parse_args(init["args"])
@@ -285,7 +287,7 @@ def test_gke_overlay_memorystore_gcs_workload_identity():
     data = config_data(docs)
     for key in ("FUSERANK_MODELS_URI", "FUSERANK_STATE_URI", "FUSERANK_DVC_REMOTE_URL"):
         assert data[key].startswith("gs://"), key
-    sets = nightly.parse_set(data["FUSERANK_SET"].split())
+    sets = parse_set(data["FUSERANK_SET"].split())
     assert sets["ingest"]["ratings"].startswith("gs://") and sets["ingest"]["anime"].startswith("gs://")
     for sa in ("fuserank-api", "fuserank-nightly"):
         gsa = find(docs, "ServiceAccount", sa)["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]

@@ -11,12 +11,19 @@ import sys
 import threading
 from pathlib import Path
 
+import kubernetes
 import pytest
 
-from fuserank import keys
+from fuserank import keys, storage
 from fuserank.artifacts import ModelArtifact
 from fuserank.batch import nightly
-from fuserank.batch.nightly import quality_gate
+from fuserank.batch.gate import quality_gate
+from fuserank.batch.model_store import fetch_model, store_model
+from fuserank.batch.params import as_flags, deep_merge, parse_set, precompute_params_of, settings_of
+from fuserank.batch.release import EXIT_FAILED, EXIT_REFUSED, _runner_is_remote, precompute_command, publish_if_better
+from fuserank.batch.rollout import RestartTarget, restart_deployment
+from fuserank.config import load_params
+from fuserank.errors import NightlyError
 from fuserank.publish import current_version, read_meta, write_meta
 from tests.factories import random_artifact
 
@@ -81,7 +88,7 @@ def test_publish_refused_keeps_the_current_version(tmp_path, redis_client, redis
     publish_published(redis_client, "m-published-aaaa", ndcg=0.35)
     store = tmp_path / "store"
     proc = cli("publish", "--model", model, "--redis-url", redis_url, "--models-uri", str(store), "--margin", "0.01")
-    assert proc.returncode == nightly.EXIT_REFUSED == 3, proc.stderr
+    assert proc.returncode == EXIT_REFUSED == 3, proc.stderr
     assert "quality gate refused" in proc.stderr and "0.2000" in proc.stderr and "0.3500" in proc.stderr
     assert "m-published-aaaa stays current" in proc.stderr
     assert current_version(redis_client) == "m-published-aaaa"
@@ -100,7 +107,7 @@ def test_publish_accepted_stores_precomputes_and_the_api_fetches_it(tmp_path, re
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "quality gate passed" in proc.stderr
     served = current_version(redis_client)
-    assert served == keys.list_version(version, nightly.settings_digest({"top-n": 7, "neighbours": 5}))
+    assert served == keys.list_version(version, settings_of({"top-n": 7, "neighbours": 5}).digest())
     assert redis_client.get(keys.PREVIOUS).decode() == "m-published-aaaa"
     meta = read_meta(redis_client, served)
     assert meta["model_version"] == version and meta["settings"]["top_n"] == 7
@@ -121,33 +128,33 @@ def test_publish_accepted_stores_precomputes_and_the_api_fetches_it(tmp_path, re
 
 def test_publish_does_not_rerun_what_is_served(tmp_path, redis_client, redis_url):
     model, version = evaluated_model(tmp_path / "model", ndcg=0.1)
-    target = keys.list_version(version, nightly.settings_digest({}))
+    target = keys.list_version(version, settings_of({}).digest())
     publish_published(redis_client, target, ndcg=0.9)
 
     def never(*a, **k):
         raise AssertionError("precompute must not run")
-    assert nightly.publish_if_better(model, redis_url, margin=0.01, run=never) == 0
+    assert publish_if_better(model, redis_url, margin=0.01, run=never) == 0
 
 
 def test_publish_failures_keep_the_current_version(tmp_path, redis_client, redis_url):
     model, version = evaluated_model(tmp_path / "model", ndcg=0.5)
     publish_published(redis_client, "m-published-aaaa", ndcg=0.1)
     failed = subprocess.CompletedProcess([], 1)
-    with pytest.raises(nightly.NightlyError, match="exited with 1; m-published-aaaa stays current"):
-        nightly.publish_if_better(model, redis_url, margin=0.01, run=lambda *a, **k: failed)
+    with pytest.raises(NightlyError, match="exited with 1; m-published-aaaa stays current"):
+        publish_if_better(model, redis_url, margin=0.01, run=lambda *a, **k: failed)
     assert current_version(redis_client) == "m-published-aaaa"
     # a stale evaluation (of another model) is an error, not a pass
     (Path(model) / "evaluation.json").write_text(json.dumps(evaluation("someone-else", 0.9)))
     proc = cli("publish", "--model", model, "--redis-url", redis_url, "--margin", "0.01")
-    assert proc.returncode == nightly.EXIT_FAILED and "stale evaluation" in proc.stderr
+    assert proc.returncode == EXIT_FAILED and "stale evaluation" in proc.stderr
     # an evaluation of other hybrid settings than the ones about to be published is refused too
     (Path(model) / "evaluation.json").write_text(json.dumps(evaluation(
-        version, 0.9, settings=nightly.settings_of({"top-n": 3}).to_dict())))
-    with pytest.raises(nightly.NightlyError, match="evaluate with the same settings"):
-        nightly.publish_if_better(model, redis_url, margin=0.01, run=lambda *a, **k: failed)
+        version, 0.9, settings=settings_of({"top-n": 3}).to_dict())))
+    with pytest.raises(NightlyError, match="evaluate with the same settings"):
+        publish_if_better(model, redis_url, margin=0.01, run=lambda *a, **k: failed)
     os.remove(Path(model) / "evaluation.json")
     proc = cli("publish", "--model", model, "--redis-url", redis_url, "--margin", "0.01")
-    assert proc.returncode == nightly.EXIT_FAILED and "evaluation.json: missing" in proc.stderr
+    assert proc.returncode == EXIT_FAILED and "evaluation.json: missing" in proc.stderr
 
 
 def test_precompute_command_uses_the_real_cli(tmp_path, monkeypatch):
@@ -157,8 +164,8 @@ def test_precompute_command_uses_the_real_cli(tmp_path, monkeypatch):
     manifest = json.loads(manifest_path.read_text())
     manifest["chosen"] = {"hybrid": {"weight_stage2": 0.3, "stage2_neighbours": 5}}
     manifest_path.write_text(json.dumps(manifest))
-    params = nightly.precompute_params_of(nightly.load_params(str(ROOT / "params.yaml")))
-    cmd = nightly.precompute_command(model, "redis://h:6379/0", params, ["--runner", "DataflowRunner"])
+    params = precompute_params_of(load_params(str(ROOT / "params.yaml")))
+    cmd = precompute_command(model, "redis://h:6379/0", params, ["--runner", "DataflowRunner"])
     assert cmd[:4] == [sys.executable, "-m", "fuserank", "precompute"]
     seen = {}
     monkeypatch.setattr("fuserank.batch.pipeline.precompute",
@@ -166,11 +173,11 @@ def test_precompute_command_uses_the_real_cli(tmp_path, monkeypatch):
     from fuserank import cli as fcli
     monkeypatch.setattr(fcli, "_check_memory_policy_before_writing", lambda *a: None)   # no Redis at h:6379
     assert fcli.main(cmd[3:]) == 0
-    assert seen["settings"] == nightly.settings_of(params, manifest) and seen["block"] == params["block-size"]
+    assert seen["settings"] == settings_of(params, manifest) and seen["block"] == params["block-size"]
     assert seen["settings"].top_n == params["top-n"]
     assert (seen["settings"].weight_stage2, seen["settings"].stage2_neighbours) == (0.3, 5)
     assert seen["beam"] == ["--runner", "DataflowRunner"]
-    assert nightly._runner_is_remote(["--runner=DataflowRunner"]) and not nightly._runner_is_remote([])
+    assert _runner_is_remote(["--runner=DataflowRunner"]) and not _runner_is_remote([])
 
 
 def test_fetch_model_errors(tmp_path, redis_client, redis_url):
@@ -178,14 +185,14 @@ def test_fetch_model_errors(tmp_path, redis_client, redis_url):
                "--out", str(tmp_path / "o"))
     assert proc.returncode == 1 and "no published list version" in proc.stderr
     model, version = evaluated_model(tmp_path / "model", ndcg=0.3)
-    nightly.store_model(model, str(tmp_path / "store"))
+    store_model(model, str(tmp_path / "store"))
     publish_published(redis_client, "v-1", ndcg=None)
     write_meta(redis_client, "v-1", {"model_version": version})
     with open(tmp_path / "store" / version / "user_embeddings.npy", "ab") as fh:
         fh.write(b"x")
     proc = cli("fetch-model", "--redis-url", redis_url, "--models-uri", str(tmp_path / "store"),
                "--out", str(tmp_path / "o"))
-    assert proc.returncode == 1 and "sha256 does not match" in proc.stderr
+    assert proc.returncode == 1 and "does not match the manifest's sha256" in proc.stderr
     write_meta(redis_client, "v-1", {"model_version": "never-stored"})
     proc = cli("fetch-model", "--redis-url", redis_url, "--models-uri", str(tmp_path / "store"),
                "--out", str(tmp_path / "o2"))
@@ -194,55 +201,92 @@ def test_fetch_model_errors(tmp_path, redis_client, redis_url):
 
 def test_model_store_on_gcs_emulator(tmp_path, gcs_emulator):
     model, version = evaluated_model(tmp_path / "model", ndcg=0.3)
-    target = nightly.store_model(model, "gs://fuserank-models/models")
+    target = store_model(model, "gs://fuserank-models/models")
     assert target == f"gs://fuserank-models/models/{version}"
-    out = nightly.fetch_model("gs://fuserank-models/models", version, str(tmp_path / "out"))
+    out = fetch_model("gs://fuserank-models/models", version, str(tmp_path / "out"))
     assert ModelArtifact.load(out).version == version
     assert json.loads((Path(out) / "evaluation.json").read_text())["ndcg_at_10"] == 0.3
-    assert nightly.get_file("gs://fuserank-models/state/dvc.lock", str(tmp_path / "lock")) is False
+    assert storage.download("gs://fuserank-models/state/dvc.lock", str(tmp_path / "lock")) is False
 
 
-def test_restart_deployment_stamps_the_model_on_the_pod_template(tmp_path):
+def test_restart_deployment_stamps_the_model_on_the_pod_template(monkeypatch):
+    """The official client's PATCH, recorded by a real HTTP server; a refusal is a NightlyError."""
     seen = {}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_PATCH(self):
-            seen["path"], seen["headers"] = self.path, dict(self.headers)
+            seen["path"], seen["headers"] = self.path, {k.lower(): v for k, v in self.headers.items()}
             seen["body"] = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            self.send_response(200)
+            if "forbidden" in self.path:
+                code, answer = 403, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                     "reason": "Forbidden", "code": 403}
+            else:       # the patched Deployment, as the API server answers
+                code, answer = 200, {"apiVersion": "apps/v1", "kind": "Deployment",
+                                     "metadata": {"name": "fuserank-api", "namespace": "fuserank"},
+                                     "spec": {"selector": {"matchLabels": {"app": "fuserank-api"}},
+                                              **seen["body"]["spec"]}}
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
             self.end_headers()
-            self.wfile.write(b"{}")
+            self.wfile.write(json.dumps(answer).encode())
 
         def log_message(self, *a):
             pass
 
     server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    token = tmp_path / "token"
-    token.write_text("tok\n")
+    api = kubernetes.client.Configuration(host=f"http://127.0.0.1:{server.server_port}",
+                                          api_key={"BearerToken": "tok"}, api_key_prefix={"BearerToken": "Bearer"})
     try:
-        target = nightly.RestartTarget("fuserank", "fuserank-api", api_base=f"http://127.0.0.1:{server.server_port}",
-                                       token_file=str(token), ca_file=None)
-        nightly.restart_deployment(target, "m-123")
+        restart_deployment(RestartTarget("fuserank", "fuserank-api"), "m-123", configuration=api)
+        assert seen["path"] == "/apis/apps/v1/namespaces/fuserank/deployments/fuserank-api"
+        assert seen["headers"]["authorization"] == "Bearer tok"
+        assert seen["headers"]["content-type"] == "application/strategic-merge-patch+json"
+        assert seen["body"] == {"spec": {"template": {"metadata": {"annotations": {
+            "fuserank.io/model-version": "m-123"}}}}}
+        with pytest.raises(NightlyError, match="rolling deployment fuserank/forbidden onto model m-123.*403"):
+            restart_deployment(RestartTarget("fuserank", "forbidden"), "m-123", configuration=api)
     finally:
         server.shutdown()
-    assert seen["path"] == "/apis/apps/v1/namespaces/fuserank/deployments/fuserank-api"
-    assert seen["headers"]["Authorization"] == "Bearer tok"
-    assert seen["headers"]["Content-Type"] == "application/strategic-merge-patch+json"
-    assert seen["body"] == {"spec": {"template": {"metadata": {"annotations": {
-        "fuserank.io/model-version": "m-123"}}}}}
-    assert nightly.RestartTarget.parse("ns/dep") == nightly.RestartTarget("ns", "dep")
-    assert nightly.RestartTarget.parse("dep", default_namespace="x").namespace == "x"
+    assert RestartTarget.parse("ns/dep") == RestartTarget("ns", "dep")
+    assert RestartTarget.parse("dep", default_namespace="x").namespace == "x"
+    monkeypatch.setenv("POD_NAMESPACE", "pods-own")
+    assert RestartTarget.parse("dep") == RestartTarget("pods-own", "dep")
 
 
 def test_params_helpers(monkeypatch):
-    assert nightly.as_flags({"top-n": 5, "lenient": False, "x": True, "w": 0.5}) == ["--top-n", "5", "--x", "--w", "0.5"]
-    assert nightly.parse_set(["ingest.ratings=gs://b/r.csv", "train.epochs=2"]) == {
+    assert as_flags({"top-n": 5, "lenient": False, "x": True, "w": 0.5}) == ["--top-n", "5", "--x", "--w", "0.5"]
+    assert parse_set(["ingest.ratings=gs://b/r.csv", "train.epochs=2"]) == {
         "ingest": {"ratings": "gs://b/r.csv"}, "train": {"epochs": 2}}
-    with pytest.raises(nightly.NightlyError):
-        nightly.parse_set(["nonsense"])
-    assert nightly.deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
+    with pytest.raises(NightlyError):
+        parse_set(["nonsense"])
+    assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
     monkeypatch.setenv("FUSERANK_SET", "train.epochs=3 ingest.seed=1")
     monkeypatch.setenv("REDIS_URL", "redis://x")
     args = nightly.build_parser().parse_args(["run", "--workdir", "/w", "--set", "train.patience=1"])
     assert args.set == ["train.epochs=3", "ingest.seed=1", "train.patience=1"]
+
+
+def test_settings_resolve_once_from_flags_and_the_environment(tmp_path, monkeypatch):
+    """Flags over FUSERANK_<SETTING> variables; --params-override then --set merged; the restart target in the
+    pod's namespace; every variable named in --help."""
+    override = tmp_path / "override.yaml"
+    override.write_text("train:\n  epochs: 5\n  patience: 2\n")
+    for name, value in {"REDIS_URL": "redis://r:6379/0", "FUSERANK_MODELS_URI": "gs://b/models",
+                        "FUSERANK_RESTART_DEPLOYMENT": "fuserank-api", "POD_NAMESPACE": "fuserank",
+                        "FUSERANK_BEAM_ARGS": "--runner DataflowRunner --project 'p x'",
+                        "FUSERANK_NDCG_MARGIN": "0.02", "FUSERANK_SET": "train.epochs=3"}.items():
+        monkeypatch.setenv(name, value)
+    args = nightly.build_parser().parse_args(["run", "--workdir", "/w", "--params-override", str(override),
+                                              "--margin", "0.05", "--no-push"])
+    settings = nightly.NightlySettings.from_args(args)
+    assert settings == nightly.NightlySettings(
+        "redis://r:6379/0", margin=0.05, models_uri="gs://b/models", restart=RestartTarget("fuserank", "fuserank-api"),
+        beam_args=("--runner", "DataflowRunner", "--project", "p x"), workdir="/w",
+        params_override={"train": {"epochs": 3, "patience": 2}}, push=False)
+    monkeypatch.setenv("FUSERANK_NDCG_MARGIN", "-1")
+    with pytest.raises(SystemExit):
+        nightly.build_parser().parse_args(["gate", "--model", "m"])
+    usage = cli("run", "--help").stdout
+    for name in ("$FUSERANK_MODELS_URI", "$REDIS_URL", "$FUSERANK_NDCG_MARGIN", "$FUSERANK_WORKDIR", "$FUSERANK_SET"):
+        assert name in usage, name
