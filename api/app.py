@@ -15,7 +15,7 @@ from fuserank.api import errors, metrics, web
 from fuserank.api.hotpath import HotRoute
 from fuserank.api.routes import health, recommendations
 from fuserank.api.service import RecommendationService
-from fuserank.config import HybridSettings
+from fuserank.config import ServeSettings
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -27,24 +27,28 @@ def _served(service, field: str):
     return read
 
 
-def create_app(model_dir: str, redis_url: str, settings: HybridSettings | None = None,
-               service: RecommendationService | None = None, instrument: bool = True,
+def create_app(settings: ServeSettings, *, service: RecommendationService | None = None, instrument: bool = True,
                hot_route: bool = True) -> Flask:
-    """``instrument=False`` leaves out the metrics hooks and ``/metrics``; ``hot_route=False`` sends every
-    request through Flask's dispatch (fuserank.api.hotpath; both are the serving benchmark's A/Bs)."""
+    """The app serving ``settings``. ``instrument=False`` leaves out the metrics hooks and ``/metrics``;
+    ``hot_route=False`` sends every request through Flask's dispatch (fuserank.api.hotpath; both are the
+    serving benchmark's A/Bs)."""
+    if settings.rate_limit < 0 or settings.rate_window_s < 1:
+        raise ValueError(f"rate_limit must be >= 0 and rate_window_s >= 1, got {settings.rate_limit} and "
+                         f"{settings.rate_window_s}")
     app = Flask("fuserank", static_folder=None)  # the web blueprint serves /static
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False)
     app.json.sort_keys = False
     # An id holding "/" arrives %2F-decoded as "//": a 404 JSON like any unknown path, not werkzeug's HTML
     # 308 redirect to the merged path (which would answer a different id).
     app.url_map.merge_slashes = False
-    service = service or RecommendationService(model_dir, redis_url, settings)
+    service = service or RecommendationService(settings)
     app.extensions["fuserank"] = service
+    app.extensions["fuserank_settings"] = settings
     app.register_blueprint(recommendations)
     app.register_blueprint(health)
     web.register(app)
     errors.register(app)
-    recorder = metrics.install(app, service) if instrument else None
+    recorder = metrics.install(app, service, settings.log_sample) if instrument else None
     if hot_route:
         app.wsgi_app = HotRoute(app.wsgi_app, service, recorder)
     logs.provide("model_version", _served(service, "model_version"))   # follows version switches

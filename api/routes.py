@@ -2,15 +2,13 @@
 
 The OpenAPI description of every endpoint is ``schemas/openapi.json``, served at ``GET /openapi.json``.
 
-Configuration (``app.config``, read from the environment when the blueprint is registered; set the keys
-on ``app.config`` to override):
+The POST guard's settings come from the app's ``ServeSettings`` (``settings(app)``):
 
-    FUSERANK_API_KEY         unset: the POSTs that fold a new user in (POST /v1/recommendations and the web
-                             page's POST /new-user) are open; set (one key, or several separated by
-                             commas): they require header ``X-API-Key`` with one of them (401 otherwise;
-                             after 10 wrong keys from one address in 5 minutes, 429 for that address)
-    FUSERANK_RATE_LIMIT      POST /v1/recommendations calls per client and window (default 60; 0 = off)
-    FUSERANK_RATE_WINDOW_S   the fixed window in seconds (default 60)
+    api_key         empty: the POSTs that fold a new user in (POST /v1/recommendations and the web page's
+                    POST /new-user) are open; else they require header ``X-API-Key`` with one of the keys
+                    (401 otherwise; after 10 wrong keys from one address in 5 minutes, 429 for that address)
+    rate_limit      POST /v1/recommendations calls per client and window (0 = off)
+    rate_window_s   the fixed window in seconds
 
 A client is its API key when keys are configured, else its address (``request.remote_addr``: behind a
 proxy, the app must be wrapped in werkzeug's ProxyFix to see the caller's address).
@@ -20,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import re
 from functools import lru_cache
 
@@ -29,7 +26,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from fuserank.api.errors import BadParameter, TooManyRequests, Unauthorized
-from fuserank.api.service import NO_FILTERS, Filters
+from fuserank.api.filters import NO_FILTERS, Filters
 
 DEFAULT_N = 10
 MAX_N = 200
@@ -41,8 +38,6 @@ MAX_EXCLUDE_CHARS = 2000     # a GET's exclude, genre and type fit gunicorn's re
 MAX_NAMES_CHARS = 500        # percent-encoded; longer exclusion lists go in the POST body
 UINT = re.compile(r"[0-9]{1,19}")      # an id or count as the routes accept it (also the hot route's)
 API_KEY_HEADER = "X-API-Key"
-DEFAULT_RATE_LIMIT = 60
-DEFAULT_RATE_WINDOW_S = 60
 KEY_FAILURES = 10            # wrong API keys per address and window before the address is refused (429)
 KEY_FAILURE_WINDOW_S = 300
 
@@ -51,26 +46,9 @@ USER_RECOMMENDATIONS = "/v1/users/<user_id>/recommendations"     # also fuserank
 health = Blueprint("health", __name__)
 
 
-def _env_int(name: str, default: int, lo: int) -> int:
-    raw = os.environ.get(name, "")
-    if raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name}: expected an integer >= {lo}, got {raw!r}") from None
-    if value < lo:
-        raise ValueError(f"{name}: expected an integer >= {lo}, got {raw!r}")
-    return value
-
-
-@recommendations.record_once
-def _configure(state) -> None:
-    """The POST guard's settings from the environment (credentials never come from files in the repo)."""
-    config = state.app.config
-    config.setdefault("FUSERANK_API_KEY", os.environ.get("FUSERANK_API_KEY") or None)
-    config.setdefault("FUSERANK_RATE_LIMIT", _env_int("FUSERANK_RATE_LIMIT", DEFAULT_RATE_LIMIT, 0))
-    config.setdefault("FUSERANK_RATE_WINDOW_S", _env_int("FUSERANK_RATE_WINDOW_S", DEFAULT_RATE_WINDOW_S, 1))
+def settings(app=None):
+    """The app's ServeSettings."""
+    return (app or current_app).extensions["fuserank_settings"]
 
 
 def _service():
@@ -270,8 +248,8 @@ def check_api_key() -> str | None:
     ``KEY_FAILURE_WINDOW_S`` every attempt from that address is a 429 until the window ends, right key or
     not, so keys cannot be guessed at request speed.
     """
-    configured = current_app.config.get("FUSERANK_API_KEY")
-    if not configured:
+    valid = settings().api_key
+    if not valid:
         return None
     service, address = _service(), "keyfail:" + (request.remote_addr or "unknown")
     retry_after = service.rate_limit(address, KEY_FAILURES, KEY_FAILURE_WINDOW_S, peek=True)
@@ -279,7 +257,6 @@ def check_api_key() -> str | None:
         raise TooManyRequests(f"too many wrong {API_KEY_HEADER} values from this address; retry in {retry_after}s",
                               retry_after)
     given = request.headers.get(API_KEY_HEADER)
-    valid = [k.strip() for k in str(configured).split(",") if k.strip()]
     if given is None or not any(hmac.compare_digest(given.encode(), k.encode()) for k in valid):
         if given is not None:
             service.rate_limit(address, KEY_FAILURES, KEY_FAILURE_WINDOW_S)
@@ -294,10 +271,8 @@ def guard_post() -> None:
 
 def enforce_rate_limit(client: str, message: str) -> None:
     """The configured per-client limit (shared through Redis): 429 with ``message`` + retry time when over it."""
-    config = current_app.config
-    limit = int(config.get("FUSERANK_RATE_LIMIT") or 0)
+    limit, window = settings().rate_limit, settings().rate_window_s
     if limit > 0:
-        window = int(config.get("FUSERANK_RATE_WINDOW_S") or DEFAULT_RATE_WINDOW_S)
         retry_after = _service().rate_limit(client, limit, window)
         if retry_after is not None:
             raise TooManyRequests(f"{message.format(limit=limit, window=window)}; retry in {retry_after}s",

@@ -5,8 +5,7 @@ Before the app is built (and so before prometheus_client creates a metric) a fre
 worker that exits is marked dead there, and the directory the server made is removed when it stops.
 Logging goes through fuserank.logs (``LOG_FORMAT=json`` for JSON lines), gunicorn's own lines included.
 
-Worker model: ``gthread`` (2 workers x 4 threads by default; ``FUSERANK_WORKER_CLASS`` or
-``worker_class_name=`` to override), chosen by benchmarks/bench_serving.py on the 2-core reference
+Worker model: ``gthread`` (2 workers x 4 threads by default; ``ServeSettings.worker_class`` to override), chosen by benchmarks/bench_serving.py on the 2-core reference
 machine: it gave the API the highest throughput at 16 connections in every run (sync, sync x3, gthread,
 gevent measured side by side; see benchmarks/README.md "Serving"). A sync worker closes the connection
 after each response, so every request pays a TCP handshake and an accept on these same 2 cores; gthread
@@ -38,12 +37,13 @@ from gunicorn.glogging import Logger as GunicornLogger
 from gunicorn.util import load_class
 
 from fuserank import logs
+from fuserank.config import ServeSettings, environment, export, unset
 
 log = logging.getLogger("fuserank.api")
-WORKER_CLASS_ENV = "FUSERANK_WORKER_CLASS"
 WORKER_CLASSES = ("sync", "gthread", "gevent")
 DEFAULT_WORKER_CLASS = "gthread"
 LIMIT_REQUEST_LINE = 8190       # gunicorn's maximum (its default is 4094)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class GunicornApp(BaseApplication):
@@ -114,35 +114,25 @@ def json_error_worker(name: str) -> type:
 
 def _child_exit(server, worker):
     """A worker is gone: drop its live gauges from the multiprocess directory (counters stay summed)."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if environment().prometheus_dir:
         from prometheus_client import multiprocess
         multiprocess.mark_process_dead(worker.pid)
 
 
-def _worker_exit_flushing(app):
-    """A worker leaving cleanly writes its last request tallies (fuserank.api.metrics batches them)."""
-    def worker_exit(server, worker):
-        metrics = app.extensions.get("fuserank_metrics") if app is not None else None
-        if metrics is not None:
-            metrics.flush()
-    return worker_exit
-
-
 def worker_class(threads: int, requested: str | None = None) -> str:
-    chosen = requested or os.environ.get(WORKER_CLASS_ENV) or (DEFAULT_WORKER_CLASS if threads > 1 else "sync")
+    chosen = requested or (DEFAULT_WORKER_CLASS if threads > 1 else "sync")
     if chosen not in WORKER_CLASSES:
-        raise ValueError(f"{WORKER_CLASS_ENV}: expected one of {', '.join(WORKER_CLASSES)}, got {chosen!r}")
+        raise ValueError(f"worker_class: expected one of {', '.join(WORKER_CLASSES)}, got {chosen!r}")
     return chosen
 
 
-def gunicorn_options(host: str, port: int, workers: int, threads: int, klass: str | None = None,
-                     app=None) -> dict:
+def gunicorn_options(host: str, port: int, workers: int, threads: int, klass: str | None = None) -> dict:
     klass = klass or worker_class(threads)
     options = {"bind": f"{host}:{port}", "workers": workers, "threads": threads,
                "worker_class": json_error_worker(klass), "limit_request_line": LIMIT_REQUEST_LINE,
                "preload_app": True, "timeout": 30, "graceful_timeout": 10, "keepalive": 5, "accesslog": None,
                "loglevel": "warning", "logger_class": RootLogger, "child_exit": _child_exit,
-               "worker_exit": _worker_exit_flushing(app), "control_socket_disable": True}
+               "control_socket_disable": True}
     if klass == "gevent":
         options["worker_connections"] = 256
     return options
@@ -153,11 +143,11 @@ class MultiprocessDir:
 
     def __init__(self):
         self.pid = os.getpid()
-        self.path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        self.path = environment().prometheus_dir
         self.owned = not self.path
         if self.owned:
             self.path = tempfile.mkdtemp(prefix="fuserank-metrics-")
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.path
+            export(MULTIPROC_ENV, self.path)
         else:
             os.makedirs(self.path, exist_ok=True)
 
@@ -165,24 +155,24 @@ class MultiprocessDir:
         # Forked workers leave serve() through the same finally: only the process that made it removes it.
         if self.owned and os.getpid() == self.pid:
             shutil.rmtree(self.path, ignore_errors=True)
-            if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == self.path:
-                del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+            if environment().prometheus_dir == self.path:
+                unset(MULTIPROC_ENV)
 
 
-def serve(model_dir: str, redis_url: str, host: str = "127.0.0.1", port: int = 8000, workers: int = 2,
-          threads: int = 4, settings=None, worker_class_name: str | None = None) -> None:
+def serve(settings: ServeSettings) -> None:
     logs.configure()
-    klass = worker_class(threads, worker_class_name)
+    s = settings
+    klass = worker_class(s.threads, s.worker_class)
     metrics_dir = MultiprocessDir()
     try:
         from fuserank.api.app import create_app  # after the directory is set: metrics are built multiprocess
-        app = create_app(model_dir, redis_url, settings)
+        app = create_app(s)
         # Everything loaded so far lives as long as the workers: out of the collector's reach, no full
         # collection walks it between requests (a p95 cost), and forked workers keep sharing its pages.
         gc.collect()
         gc.freeze()
-        log.info("serving on http://%s:%d (%d %s workers%s); metrics of every worker summed in %s", host, port,
-                 workers, klass, f" x {threads} threads" if klass == "gthread" else "", metrics_dir.path)
-        GunicornApp(app, gunicorn_options(host, port, workers, threads, klass, app)).run()
+        log.info("serving on http://%s:%d (%d %s workers%s); metrics of every worker summed in %s", s.host, s.port,
+                 s.workers, klass, f" x {s.threads} threads" if klass == "gthread" else "", metrics_dir.path)
+        GunicornApp(app, gunicorn_options(s.host, s.port, s.workers, s.threads, klass)).run()
     finally:
         metrics_dir.close()

@@ -168,7 +168,9 @@ def run_server(argv: list[str]) -> None:
     a = p.parse_args(argv)
     if a.kind == "serve-app":
         from fuserank.api.server import serve
-        serve(a.model, a.redis_url, "127.0.0.1", a.port, a.workers, a.threads, worker_class_name=a.worker_class)
+        from fuserank.config import ServeSettings
+        serve(ServeSettings(model=a.model, redis_url=a.redis_url, port=a.port, workers=a.workers, threads=a.threads,
+                            worker_class=a.worker_class))
         return
     from fuserank.api.server import GunicornApp, gunicorn_options
     app = floor_app(a.redis_url, a.version, a.body_bytes)
@@ -252,16 +254,19 @@ def in_process(model_dir: str, redis_url: str, version: str, body_bytes: int, pa
                n: int) -> dict:
     """µs per request through the WSGI app (no HTTP, no gunicorn): wall and process CPU, and a profile."""
     from werkzeug.test import EnvironBuilder
-    from fuserank.api.app import create_app
-    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    from fuserank.config import ServeSettings, export, unset
+    # the hooks write mmap files as under gunicorn: prometheus_client picks its mode when first imported
+    assert "prometheus_client" not in sys.modules, "prometheus_client imported before its multiprocess directory"
     mp_dir = tempfile.mkdtemp(prefix="bench-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = mp_dir     # the hooks write mmap files as under gunicorn
+    export("PROMETHEUS_MULTIPROC_DIR", mp_dir)
     try:
-        api = create_app(model_dir, redis_url)
+        from fuserank.api.app import create_app
+        settings = ServeSettings(model=model_dir, redis_url=redis_url)
+        api = create_app(settings)
         service = api.extensions["fuserank"]
         apps = {"api": api,                 # as served: the hot route before Flask, metrics on
-                "api_flask_dispatch": create_app(model_dir, redis_url, service=service, hot_route=False),
-                "api_without_metrics": create_app(model_dir, redis_url, service=service, instrument=False),
+                "api_flask_dispatch": create_app(settings, service=service, hot_route=False),
+                "api_without_metrics": create_app(settings, service=service, instrument=False),
                 "floor": floor_app(redis_url, version, body_bytes)}
         environs = [EnvironBuilder(path=p.split("?")[0], query_string=p.split("?")[1] if "?" in p else "")
                     .get_environ() for p in paths[:500]]
@@ -317,7 +322,7 @@ def in_process(model_dir: str, redis_url: str, version: str, body_bytes: int, pa
             out[f"profile_top_{order}"] = [line for line in text.getvalue().splitlines() if line.strip()][-(count + 1):]
         return out
     finally:
-        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        unset("PROMETHEUS_MULTIPROC_DIR")
         shutil.rmtree(mp_dir, ignore_errors=True)
 
 
@@ -351,8 +356,8 @@ def hot_path_pieces(model_dir: str, version: str, stored: bytes, n_calls: int = 
         return round(min(timeit.repeat(fn, number=n_calls, repeat=5)) / n_calls * 1e6, 2)
 
     from fuserank.api.routes import _arg
-    from fuserank.api.service import Answer
-    answer = Answer(None, "precomputed", model.version, head["list_version"], raw_items=b"[]")
+    from fuserank.api.answers import Answer
+    answer = Answer(b"[]", "precomputed", model.version, head["list_version"])
     with app.test_request_context(f"/v1/users/{uid}/recommendations?n=10"):
         out = {
             "user_index_one_id": {"code": best(lambda: model.user_index(uid)),

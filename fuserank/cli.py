@@ -384,7 +384,10 @@ def cmd_serve(argv):
     _hybrid_flags(p)
     a = p.parse_args(argv)
     from fuserank.api.server import serve
-    serve(a.model, a.redis_url, a.host, a.port, a.workers, a.threads, _settings(a, a.model))
+    from dataclasses import fields
+    from fuserank.config import ServeSettings
+    given = {f.name: getattr(a, f.name) for f in fields(ServeSettings) if hasattr(a, f.name)}
+    serve(ServeSettings(**{**given, "hybrid": _settings(a, a.model)}))
 
 
 def cmd_demo(argv):

@@ -65,7 +65,8 @@ def run_demo(ratings, anime, work_dir, redis_url, min_user_ratings=20, epochs=No
         print(f"   published list version {result['version']}: {result['users']} users, {result['anime']} anime",
               flush=True)
         from fuserank.api.service import RecommendationService
-        service = RecommendationService(model_dir, redis_url)
+        from fuserank.config import ServeSettings
+        service = RecommendationService(ServeSettings(model=model_dir, redis_url=redis_url))
         users = [int(u) for u in service.model.user_ids[:2]]
         for uid in users:
             answer = service.user_recommendations(uid, 5)

@@ -80,58 +80,68 @@ def compact_json(value) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def encode_list(anime_ids, scores, names, reasons=None) -> bytes:
-    """A stored list: ``OFFSETS\n[ITEM,...]``, best first, ready to be spliced into an API response.
+def item_head(anime_id, name) -> str:
+    """``{"anime_id":ID,"name":"NAME"`` (unclosed): the start of a list item, and a whole reason once closed."""
+    return f'{{"anime_id":{int(anime_id)},"name":{json.dumps(str(name))}'
 
-    Each ITEM is the JSON object the API returns (``anime_id``, ``name``, ``score`` to 4 decimals, and
-    ``reasons`` when given). OFFSETS are the comma-separated byte offsets where each item ends in the
-    array text, so the first ``n`` items are a slice (``slice_list``), not a parse and a re-encode.
-    """
-    parts = []
-    for i, (a, s, name) in enumerate(zip(anime_ids, scores, names)):
-        item = f'{{"anime_id":{int(a)},"name":{json.dumps(str(name))},"score":{float(s):.4f}'
-        if reasons is not None and reasons[i] is not None:
-            item += f',"reasons":{compact_json(reasons[i])}'
-        parts.append(item + "}")
-    return _assemble(parts)
+
+def item_json(anime_id, name, score, reasons=None) -> str:
+    """One list item, the JSON object the API returns: ``anime_id``, ``name``, ``score`` to 4 decimals and
+    ``reasons`` (``{"because": [{"anime_id", "name"}, ...], "similar_users": n}``) when given. ASCII only."""
+    tail = "" if reasons is None else f',"reasons":{compact_json(reasons)}'
+    return f"{item_head(anime_id, name)},\"score\":{float(score):.4f}{tail}}}"
+
+
+def encode_list(anime_ids, scores, names, reasons=None) -> bytes:
+    """A stored list: ``OFFSETS\n[ITEM,...]`` of ``item_json`` items, best first, ready to be spliced into an
+    API response. OFFSETS are the comma-separated byte offsets where each item ends in the array text, so
+    the first ``n`` items are a slice (``slice_list``), not a parse and a re-encode."""
+    reasons = reasons if reasons is not None else [None] * len(anime_ids)
+    return _assemble([item_json(*item) for item in zip(anime_ids, names, scores, reasons)])
 
 
 def _assemble(parts: list[str]) -> bytes:
-    """The stored value from its ASCII item texts (``json.dumps`` escapes): offsets header, then the array."""
+    """The stored value from its ASCII item texts: offsets header, then the array."""
     ends = accumulate([len(p) + 1 for p in parts])   # each item and the "[" or "," before it
     return (",".join(map(str, ends)) + "\n[" + ",".join(parts) + "]").encode()
 
 
 class ListEncoder:
-    """``encode_list`` for one catalogue, byte for byte, at batch speed (the precompute encodes ~15M items).
+    """``item_json`` items for one catalogue, byte for byte, at batch speed (the precompute encodes ~15M
+    items; the API's live answers use the same encoder).
 
-    Each anime's JSON fragments are built once; ``encode`` takes encoded indices into ``anime_ids`` /
-    ``names`` and, for explained lists, ``because`` (per item, up to a few encoded liked anime, -1 = none)
-    and ``similar_users`` (per item), i.e. ``reasons[i] = {"because": [{"anime_id", "name"}, ...],
-    "similar_users": int}``. Everything is ASCII (``json.dumps`` escapes), so lengths in characters are
-    the byte offsets.
+    Each anime's JSON fragments are built once; ``encode`` / ``array`` take encoded indices into
+    ``anime_ids`` / ``names`` and, for explained lists, ``because`` (per item, up to a few encoded liked
+    anime, -1 = none) and ``similar_users`` (per item). Everything is ASCII (``json.dumps`` escapes), so
+    lengths in characters are the byte offsets.
     """
 
     def __init__(self, anime_ids, names):
-        named = [f'{{"anime_id":{int(a)},"name":{json.dumps(str(n))}' for a, n in zip(anime_ids, names)]
+        named = [item_head(a, n) for a, n in zip(anime_ids, names)]
         self.head = [f'{s},"score":' for s in named]
         self.ref = [s + "}" for s in named] + [""]               # index -1: no anime
         self.ref_next = ["," + s + "}" for s in named] + [""]    # a later one, after a comma
 
-    def encode(self, items, scores, because=None, similar_users=None) -> bytes:
+    def _parts(self, items, scores, because=None, similar_users=None) -> list[str]:
         head = self.head
         items = items.tolist() if hasattr(items, "tolist") else list(items)
         scores = scores.tolist() if hasattr(scores, "tolist") else list(scores)
         if because is None:
-            parts = [f"{head[a]}{s:.4f}}}" for a, s in zip(items, scores)]
-        else:
-            ref, ref_next = self.ref, self.ref_next
-            because = because.tolist() if hasattr(because, "tolist") else [list(b) for b in because]
-            counts = similar_users.tolist() if hasattr(similar_users, "tolist") else list(similar_users)
-            parts = [f'{head[a]}{s:.4f},"reasons":{{"because":[{ref[why[0]] if why else ""}'
-                     f'{"".join([ref_next[x] for x in why[1:]])}],"similar_users":{c}}}}}'
-                     for a, s, why, c in zip(items, scores, because, counts)]
-        return _assemble(parts)
+            return [f"{head[a]}{s:.4f}}}" for a, s in zip(items, scores)]
+        ref, ref_next = self.ref, self.ref_next
+        because = because.tolist() if hasattr(because, "tolist") else [list(b) for b in because]
+        counts = similar_users.tolist() if hasattr(similar_users, "tolist") else list(similar_users)
+        return [f'{head[a]}{s:.4f},"reasons":{{"because":[{ref[why[0]] if why else ""}'
+                f'{"".join([ref_next[x] for x in why[1:]])}],"similar_users":{c}}}}}'
+                for a, s, why, c in zip(items, scores, because, counts)]
+
+    def encode(self, items, scores, because=None, similar_users=None) -> bytes:
+        """The stored list (offsets header + array)."""
+        return _assemble(self._parts(items, scores, because, similar_users))
+
+    def array(self, items, scores, because=None, similar_users=None) -> bytes:
+        """The JSON array alone: a live answer's items."""
+        return ("[" + ",".join(self._parts(items, scores, because, similar_users)) + "]").encode()
 
 
 def _split(value: bytes) -> tuple[list[int], bytes]:

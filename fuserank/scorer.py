@@ -32,8 +32,8 @@ Every float operation is the one the dense formulation performs, in the same ord
 are identical to scoring with dense ``block x anime`` matrices (tests/test_scorer.py keeps that
 reference); only the similar-user search above ``ANN_MIN_USERS`` is approximate.
 
-``explain=True`` adds each returned item's reasons (``Ranked.because`` / ``Ranked.similar_users``,
-as dicts via ``HybridScorer.reasons``): up to ``MAX_BECAUSE`` of the user's own liked anime with the
+``explain=True`` adds each returned item's reasons (``Ranked.because`` / ``Ranked.similar_users``, written
+as JSON by ``keys.ListEncoder``): up to ``MAX_BECAUSE`` of the user's own liked anime with the
 strongest neighbour-graph link to the item (stage 2), and how many of the user's stage-1 similar users
 (those with positive similarity, i.e. the ones whose vote counts) rated the item highly.
 """
@@ -72,15 +72,6 @@ class Ranked:
     def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         keep = self.items[i] >= 0
         return self.items[i][keep], self.scores[i][keep]
-
-    def reasons(self, i: int, anime_ids: np.ndarray, names: np.ndarray) -> list[dict] | None:
-        """Row ``i``'s reasons as the API's objects, one per item of ``row(i)``; None when not explained."""
-        if self.because is None:
-            return None
-        keep = self.items[i] >= 0
-        return [{"because": [{"anime_id": int(anime_ids[a]), "name": str(names[a])} for a in liked if a >= 0],
-                 "similar_users": int(c)}
-                for liked, c in zip(self.because[i][keep].tolist(), self.similar_users[i][keep].tolist())]
 
 
 def _rows_csr(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape) -> sp.csr_matrix:
@@ -258,7 +249,6 @@ class HybridScorer:
         self.liked = model.liked_matrix(settings.like_threshold)
         use_ivf = user_search == "ivf" or (user_search == "auto" and model.n_users >= ANN_MIN_USERS)
         self.user_index = IVFIndex(model.user_emb) if use_ivf else None
-        self.names = model.anime["name"].fillna("").to_numpy(object)
 
     # -- public ---------------------------------------------------------------------------------------
     def user_order(self) -> np.ndarray:
@@ -295,10 +285,6 @@ class HybridScorer:
         """Dense (users x anime) hybrid scores in [0, 1]; -inf where an anime is not a candidate."""
         block = self._prepare(queries, liked, on_list, self_index, include_adult)
         return self._dense(block, np.arange(queries.shape[0]))
-
-    def reasons(self, ranked: Ranked, i: int) -> list[dict] | None:
-        """Row ``i``'s reasons, one ``{"because": [{"anime_id", "name"}, ...], "similar_users": n}`` per item."""
-        return ranked.reasons(i, self.model.anime_ids, self.names)
 
     def similar_users(self, queries: np.ndarray, self_index: np.ndarray | None = None):
         """Stage 1's similar users per query: (indices, cosine), best first; -1 / -inf for none."""

@@ -103,3 +103,29 @@ def stop_server(proc) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         proc.wait(20)
+
+
+def api_app(model_dir, redis_url: str, hybrid=None, *, clock=None, service=None, instrument: bool = True,
+            hot_route: bool = True, **settings):
+    """``create_app`` over ``ServeSettings(model_dir, redis_url, hybrid, **settings)``; ``clock``: a fake clock
+    for the service's breaker, pointer re-reads and rate-limit windows."""
+    from fuserank.api.app import create_app
+    from fuserank.api.service import RecommendationService
+    from fuserank.config import ServeSettings
+    serve = ServeSettings(model=str(model_dir), redis_url=redis_url, hybrid=hybrid, **settings)
+    if service is None and clock is not None:
+        service = RecommendationService(serve, clock=clock)
+    return create_app(serve, service=service, instrument=instrument, hot_route=hot_route)
+
+
+class FakeClock:
+    """A clock tests move by hand (``advance``); callable like time.monotonic / time.time."""
+
+    def __init__(self, now: float = 1_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -6,10 +6,9 @@ import pytest
 import redis
 
 from fuserank import keys
-from fuserank.api.app import create_app
 from fuserank.batch.pipeline import precompute
 from fuserank.config import HybridSettings
-from tests.factories import empty_db
+from tests.factories import api_app, empty_db
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +24,7 @@ def published(trained_model, api_redis_url):
 
 @pytest.fixture(scope="module")
 def client(trained_model, api_redis_url, published):
-    app = create_app(trained_model[0], api_redis_url)
+    app = api_app(trained_model[0], api_redis_url)
     return app.test_client()
 
 
@@ -187,7 +186,7 @@ def test_health_and_readiness(client):
 
 def test_not_ready_without_a_published_version(trained_model, redis_url):
     empty = empty_db(redis_url, 3)
-    app = create_app(trained_model[0], empty)
+    app = api_app(trained_model[0], empty)
     r = app.test_client().get("/readyz")
     assert r.status_code == 503 and r.get_json()["ready"] is False
     uid = int(app.extensions["fuserank"].model.user_ids[0])
@@ -364,7 +363,7 @@ def test_low_activity_users_come_from_the_artifact_not_the_raw_file(trained_mode
     manifest = json.loads((copy / art.MANIFEST).read_text())
     manifest["data"]["source"]["ratings"] = str(tmp_path / "gone.csv")
     (copy / art.MANIFEST).write_text(json.dumps(manifest))
-    app = create_app(str(copy), api_redis_url)
+    app = api_app(str(copy), api_redis_url)
     model = app.extensions["fuserank"].model
     low = LowActivity.from_artifact(model)
     assert all(isinstance(a, np.memmap) for a in (low.user_ids, low.indptr, low.anime, low.ratings))
@@ -382,7 +381,7 @@ def test_low_activity_users_come_from_the_artifact_not_the_raw_file(trained_mode
 def test_routes_record_the_answer_source_for_metrics(trained_model, api_redis_url, published):
     """Through Flask's dispatch (the hot route reports the source itself: tests/test_hotpath.py)."""
     import flask
-    app = create_app(trained_model[0], api_redis_url, hot_route=False)
+    app = api_app(trained_model[0], api_redis_url, hot_route=False)
     seen = []
     app.after_request(lambda r: seen.append((flask.g.get("answer_source"), flask.g.get("degraded"))) or r)
     c = app.test_client()

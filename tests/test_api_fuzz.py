@@ -23,10 +23,9 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, negativ
                                                response_headers_conformance, response_schema_conformance,
                                                status_code_conformance)
 
-from fuserank.api.app import create_app
 from fuserank.batch.pipeline import precompute
 from fuserank.config import HybridSettings
-from tests.factories import random_artifact
+from tests.factories import api_app, random_artifact
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           response_headers_conformance, negative_data_rejection]
@@ -43,9 +42,7 @@ def app(tmp_path_factory, redis_url):
     model = random_artifact(tmp_path_factory.mktemp("fuzz") / "m", n_users=30, n_anime=40, adult=(3,))
     settings_ = HybridSettings(top_n=10, neighbours=5)
     precompute(model, redis_url, settings_)
-    app = create_app(model, redis_url, settings_)
-    app.config.update(FUSERANK_RATE_LIMIT=0, FUSERANK_API_KEY=None)
-    return app
+    return api_app(model, redis_url, settings_, rate_limit=0)
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +180,7 @@ def test_method_and_route_errors_are_json(client, method, path, status):
 
 def test_unexpected_exceptions_are_500_json_and_logged(tmp_path, redis_url, monkeypatch, caplog):
     model = random_artifact(tmp_path / "m", n_users=10, n_anime=12)
-    app = create_app(model, redis_url, HybridSettings(top_n=5, neighbours=3))
+    app = api_app(model, redis_url, HybridSettings(top_n=5, neighbours=3))
     service = app.extensions["fuserank"]
 
     def broken(*args, **kwargs):

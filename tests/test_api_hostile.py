@@ -1,9 +1,8 @@
 """A hostile client: repeated parameters, long exclusion lists, guessing API keys."""
 import pytest
 
-from fuserank.api.app import create_app
 from fuserank.config import HybridSettings
-from tests.factories import precomputed_random
+from tests.factories import FakeClock, api_app, precomputed_random
 
 SETTINGS = HybridSettings(top_n=10, neighbours=5)
 
@@ -15,7 +14,7 @@ def served(tmp_path_factory, redis_url):
 
 @pytest.fixture
 def client(served):
-    return create_app(*served, SETTINGS).test_client()
+    return api_app(*served, SETTINGS).test_client()
 
 
 @pytest.mark.parametrize("path,query,name", [
@@ -46,23 +45,14 @@ BODY = {"ratings": [{"anime_id": 1001, "rating": 9}], "n": 5}
 def _keyed_client(served):
     import redis
     redis.Redis.from_url(served[1]).flushdb()
-    app = create_app(*served, SETTINGS)
-    app.config["FUSERANK_API_KEY"] = "s3cret"
-    return app.test_client()
-
-
-def _clear_of_window_end(window_s: int, margin_s: float = 5.0) -> None:
-    """Fixed windows: start a counting test where the window does not end within ``margin_s``."""
-    import time
-    left = window_s - time.time() % window_s
-    if left < margin_s:
-        time.sleep(left + 0.1)
+    # a clock at the start of a window, so the counting below never straddles two windows
+    clock = FakeClock(now=3_000_000.0)
+    return api_app(*served, SETTINGS, api_key=("s3cret",), clock=clock).test_client()
 
 
 def test_wrong_api_keys_are_throttled_per_address(served):
-    from fuserank.api.routes import KEY_FAILURE_WINDOW_S, KEY_FAILURES
+    from fuserank.api.routes import KEY_FAILURES
     client = _keyed_client(served)
-    _clear_of_window_end(KEY_FAILURE_WINDOW_S)
     statuses = [client.post("/v1/recommendations", json=BODY, headers={"X-API-Key": f"guess-{i}"},
                             environ_base={"REMOTE_ADDR": "10.9.9.9"}).status_code for i in range(KEY_FAILURES + 2)]
     assert statuses == [401] * KEY_FAILURES + [429, 429]

@@ -22,11 +22,11 @@ from collections import Counter
 
 import redis
 
-from fuserank.api.app import create_app
+from fuserank.api.breaker import REDIS_RETRY_S
 from fuserank.batch.pipeline import precompute
 from fuserank.config import HybridSettings
 from fuserank.redis_server import LocalRedis, find_redis_server, free_port, wait_until_answers
-from tests.factories import random_artifact
+from tests.factories import FakeClock, api_app, random_artifact
 
 SETTINGS = HybridSettings(top_n=10, neighbours=5)
 
@@ -87,8 +87,8 @@ def test_answers_survive_a_redis_outage_and_recover(tmp_path):
     port = server.port
     try:
         precompute(model_dir, server.url, SETTINGS)
-        app = create_app(model_dir, server.url, SETTINGS)
-        client = app.test_client()
+        clock = FakeClock()
+        client = api_app(model_dir, server.url, SETTINGS, clock=clock).test_client()
         assert client.get("/v1/users/100/recommendations?n=5").get_json()["source"] == "precomputed"
         stored = [i["anime_id"] for i in client.get("/v1/users/100/recommendations?n=5").get_json()["items"]]
 
@@ -107,7 +107,7 @@ def test_answers_survive_a_redis_outage_and_recover(tmp_path):
 
         server = LocalRedis(port=port)
         precompute(model_dir, server.url, SETTINGS)
-        time.sleep(0.6)    # past the back-off after the failure
+        clock.advance(REDIS_RETRY_S)    # past the back-off after the failure
         back = client.get("/v1/users/100/recommendations?n=5").get_json()
         assert back["source"] == "precomputed" and "degraded" not in back
     finally:
@@ -126,8 +126,8 @@ def test_slow_redis_answers_within_bounds(tmp_path):
     server = RedisProcess(*debug_command_args())
     try:
         precompute(model_dir, server.url, SETTINGS)
-        app = create_app(model_dir, server.url, SETTINGS)
-        client = app.test_client()
+        clock = FakeClock()
+        client = api_app(model_dir, server.url, SETTINGS, clock=clock).test_client()
         assert client.get("/v1/users/100/recommendations").get_json()["source"] == "precomputed"
         sleeper = threading.Thread(target=lambda: redis.Redis.from_url(server.url).execute_command("DEBUG", "SLEEP",
                                                                                                    "3"))
@@ -146,7 +146,7 @@ def test_slow_redis_answers_within_bounds(tmp_path):
         finally:
             sleeper.join(10)
         print("\nanswers while redis sleeps 3 s (seconds):", {k: round(v, 3) for k, v in timings.items()})
-        time.sleep(0.6)
+        clock.advance(REDIS_RETRY_S)
         assert client.get("/v1/users/100/recommendations").get_json()["source"] == "precomputed"
     finally:
         server.close()
@@ -171,8 +171,8 @@ def test_black_holed_redis_never_hangs_a_worker(tmp_path):
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     try:
-        t0 = time.monotonic()
-        app = create_app(model_dir, f"redis://127.0.0.1:{hole.getsockname()[1]}/0", SETTINGS)
+        t0, clock = time.monotonic(), FakeClock()
+        app = api_app(model_dir, f"redis://127.0.0.1:{hole.getsockname()[1]}/0", SETTINGS, clock=clock)
         start_s = time.monotonic() - t0
         assert start_s < 5.0
         client = app.test_client()
@@ -182,7 +182,7 @@ def test_black_holed_redis_never_hangs_a_worker(tmp_path):
                 r, seconds = _timed(client, url)
                 assert r.status_code == 200 and seconds < 2.0, (url, seconds)
                 slowest = max(slowest, seconds)
-            time.sleep(0.6)
+            clock.advance(REDIS_RETRY_S)
         print(f"\nblack-holed redis: create_app {start_s:.2f}s, slowest answer {slowest:.3f}s")
         body = client.get("/v1/users/100/recommendations").get_json()
         assert body["source"] == "live" and body["degraded"] is True

@@ -9,12 +9,11 @@ import time
 
 import pytest
 
-from fuserank.api.app import create_app
 from fuserank.batch.pipeline import precompute
 from fuserank.config import HybridSettings
 from fuserank.errors import FuseRankError
 from fuserank.redis_server import free_port
-from tests.factories import random_artifact
+from tests.factories import FakeClock, api_app, random_artifact
 from tests.test_api_redis_outage import RedisProcess
 
 SETTINGS = HybridSettings(top_n=10, neighbours=5)
@@ -28,11 +27,9 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture
 def app_of(model_dir, redis_client, redis_url):
-    """``app_of(**config)``: a fresh app on the test Redis (its db flushed) with config overrides."""
-    def make(url=redis_url, **config):
-        app = create_app(model_dir, url, SETTINGS)
-        app.config.update(config)
-        return app
+    """``app_of(**settings)``: a fresh app on the test Redis (its db flushed) with ServeSettings overrides."""
+    def make(url=redis_url, **settings):
+        return api_app(model_dir, url, SETTINGS, **settings)
     return make
 
 
@@ -40,14 +37,12 @@ def _post(client, headers=None, addr="10.0.0.1"):
     return client.post("/v1/recommendations", json=BODY, headers=headers or {}, environ_base={"REMOTE_ADDR": addr})
 
 
-def test_post_is_open_without_a_configured_key(app_of, monkeypatch):
-    monkeypatch.delenv("FUSERANK_API_KEY", raising=False)
+def test_post_is_open_without_a_configured_key(app_of):
     assert _post(app_of().test_client()).status_code == 200
 
 
-def test_api_key_from_the_environment_is_required_on_post(app_of, monkeypatch):
-    monkeypatch.setenv("FUSERANK_API_KEY", "s3cret-one,s3cret-two")
-    client = app_of().test_client()
+def test_a_configured_api_key_is_required_on_post(app_of):
+    client = app_of(api_key=("s3cret-one", "s3cret-two")).test_client()
     for headers in ({}, {"X-API-Key": "wrong"}, {"X-API-Key": ""}, {"X-API-Key": "s3cret-one,s3cret-two"}):
         r = _post(client, headers)
         assert r.status_code == 401 and r.is_json and "X-API-Key" in r.get_json()["error"]["message"]
@@ -59,8 +54,8 @@ def test_api_key_from_the_environment_is_required_on_post(app_of, monkeypatch):
 
 def test_rate_limit_is_per_client_and_shared_across_workers(app_of, redis_client):
     # two apps = two workers (or pods) sharing one Redis
-    a = app_of(FUSERANK_RATE_LIMIT=3, FUSERANK_RATE_WINDOW_S=60).test_client()
-    b = app_of(FUSERANK_RATE_LIMIT=3, FUSERANK_RATE_WINDOW_S=60).test_client()
+    a = app_of(rate_limit=3, rate_window_s=60).test_client()
+    b = app_of(rate_limit=3, rate_window_s=60).test_client()
     assert [_post(c).status_code for c in (a, b, a)] == [200, 200, 200]
     limited = _post(b)
     assert limited.status_code == 429 and limited.is_json
@@ -72,33 +67,32 @@ def test_rate_limit_is_per_client_and_shared_across_workers(app_of, redis_client
     assert list(redis_client.scan_iter(match="fuserank:ratelimit:*"))
 
 
-def test_rate_limit_per_api_key(app_of, monkeypatch):
-    monkeypatch.setenv("FUSERANK_API_KEY", "k1,k2")
-    client = app_of(FUSERANK_RATE_LIMIT=2).test_client()
+def test_rate_limit_per_api_key(app_of):
+    client = app_of(api_key=("k1", "k2"), rate_limit=2).test_client()
     assert [_post(client, {"X-API-Key": "k1"}, addr=f"10.1.0.{i}").status_code for i in range(3)] == [200, 200, 429]
     assert _post(client, {"X-API-Key": "k2"}).status_code == 200
 
 
 def test_rate_limit_window_resets(app_of):
-    client = app_of(FUSERANK_RATE_LIMIT=1, FUSERANK_RATE_WINDOW_S=1).test_client()
-    time.sleep(1 - time.time() % 1 + 0.02)       # start of a window
+    clock = FakeClock(now=3_000_000.0)      # the start of a window
+    client = app_of(rate_limit=1, rate_window_s=10, clock=clock).test_client()
     assert _post(client).status_code == 200
+    limited = _post(client)
+    assert limited.status_code == 429 and limited.headers["Retry-After"] == "10"
+    clock.advance(9.5)
     assert _post(client).status_code == 429
-    time.sleep(1.05)
+    clock.advance(0.5)
     assert _post(client).status_code == 200
 
 
 def test_rate_limit_fails_open_but_locally_bounded_without_redis(model_dir):
-    app = create_app(model_dir, f"redis://127.0.0.1:{free_port()}/0", SETTINGS)   # nothing listens there
-    app.config.update(FUSERANK_RATE_LIMIT=3)
-    client = app.test_client()
+    client = api_app(model_dir, f"redis://127.0.0.1:{free_port()}/0", SETTINGS, rate_limit=3).test_client()
     assert [_post(client).status_code for _ in range(4)] == [200, 200, 200, 429]
 
 
-def test_bad_rate_limit_setting_fails_at_start(model_dir, redis_url, monkeypatch):
-    monkeypatch.setenv("FUSERANK_RATE_LIMIT", "lots")
-    with pytest.raises(ValueError, match="FUSERANK_RATE_LIMIT"):
-        create_app(model_dir, redis_url, SETTINGS)
+def test_bad_rate_limit_setting_fails_at_start(model_dir, redis_url):
+    with pytest.raises(ValueError, match="rate_limit"):
+        api_app(model_dir, redis_url, SETTINGS, rate_limit=-1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -111,14 +105,14 @@ def test_redis_url_with_a_password(model_dir, caplog):
     try:
         precompute(model_dir, url, SETTINGS)
         with caplog.at_level(logging.INFO):
-            client = create_app(model_dir, url, SETTINGS).test_client()
+            client = api_app(model_dir, url, SETTINGS).test_client()
             body = client.get("/v1/users/100/recommendations").get_json()
         assert body["source"] == "precomputed"
         assert "pa55-w0rd" not in caplog.text
         ready = client.get("/readyz")
         assert ready.get_json()["redis"] == "up" and "pa55-w0rd" not in ready.get_data(as_text=True)
         # a wrong password is an unusable Redis: live answers, never an error
-        wrong = create_app(model_dir, f"redis://:nope@127.0.0.1:{server.port}/0", SETTINGS).test_client()
+        wrong = api_app(model_dir, f"redis://:nope@127.0.0.1:{server.port}/0", SETTINGS).test_client()
         body = wrong.get("/v1/users/100/recommendations").get_json()
         assert body["source"] == "live" and body["degraded"] is True
         assert wrong.get("/readyz").get_json()["redis"] == "down"
@@ -148,12 +142,12 @@ def test_rediss_url_over_tls(model_dir, tmp_path):
         pytest.skip(f"this redis-server has no TLS support: {str(exc)[-200:]}")
     try:
         precompute(model_dir, url, SETTINGS)
-        client = create_app(model_dir, url, SETTINGS).test_client()
+        client = api_app(model_dir, url, SETTINGS).test_client()
         body = client.get("/v1/users/100/recommendations").get_json()
         assert body["source"] == "precomputed"
         assert client.get("/readyz").get_json()["redis"] == "up"
         # a plain-text client on the TLS port gets nothing: the API answers live, degraded, within bounds
-        plain = create_app(model_dir, f"redis://127.0.0.1:{port}/0", SETTINGS).test_client()
+        plain = api_app(model_dir, f"redis://127.0.0.1:{port}/0", SETTINGS).test_client()
         t0 = time.monotonic()
         body = plain.get("/v1/users/100/recommendations").get_json()
         assert body["degraded"] is True and time.monotonic() - t0 < 2.0

@@ -9,11 +9,10 @@ import pytest
 import redis
 
 from fuserank import keys
-from fuserank.api.app import create_app
 from fuserank.batch.pipeline import precompute
 from fuserank.config import HybridSettings
 from fuserank.publish import rollback, write_meta
-from tests.factories import random_artifact
+from tests.factories import api_app, random_artifact
 
 SETTINGS = HybridSettings(top_n=10, neighbours=5)
 USERS = range(100, 130)
@@ -37,7 +36,7 @@ def _ids(body):
 def test_switches_to_a_new_model_and_back_on_rollback(two_models, redis_client, redis_url):
     m1, m2 = two_models
     first = precompute(m1, redis_url, SETTINGS)
-    app = create_app(m1, redis_url, SETTINGS)
+    app = api_app(m1, redis_url, SETTINGS)
     client, service = app.test_client(), app.extensions["fuserank"]
     body = client.get("/v1/users/100/recommendations?n=5").get_json()
     assert (body["model_version"], body["list_version"]) == (first["model_version"], first["version"])
@@ -77,17 +76,17 @@ def test_keeps_answering_from_the_old_version_while_the_new_model_loads(two_mode
                                                                           monkeypatch):
     m1, m2 = two_models
     first = precompute(m1, redis_url, SETTINGS)
-    app = create_app(m1, redis_url, SETTINGS)
+    app = api_app(m1, redis_url, SETTINGS)
     client, service = app.test_client(), app.extensions["fuserank"]
     expected = {first["model_version"]: _stored(redis_client, first["version"])}
 
     release = threading.Event()
-    build = service._build_for
+    build = service.registry._build_for
 
     def slow_build(version, key):       # the new model takes as long as the test says to load
         release.wait(30)
         return build(version, key)
-    monkeypatch.setattr(service, "_build_for", slow_build)
+    monkeypatch.setattr(service.registry, "_build_for", slow_build)
 
     second = precompute(m2, redis_url, SETTINGS)
     expected[second["model_version"]] = _stored(redis_client, second["version"])
@@ -108,7 +107,8 @@ def test_keeps_answering_from_the_old_version_while_the_new_model_loads(two_mode
     thread = threading.Thread(target=hammer)
     thread.start()
     try:
-        time.sleep(1.5)       # the pointer moved; the new model is still loading
+        service.refresh()     # the pointer moved; the new model is still loading
+        time.sleep(0.3)
         assert service.redis_state()["list_version"] == second["version"]
         assert set(seen) == {first["model_version"]}, "answered from the new version before its model loaded"
         release.set()
@@ -133,7 +133,7 @@ def test_starts_on_the_published_model_and_keeps_a_consistent_pair_when_a_model_
     shutil.copytree(m1, fallback)
     shutil.rmtree(m1)       # the first version's model_uri is gone; --model holds that model
     # --model names the first model, the pointer the second: the second is loaded before the first answer
-    app = create_app(fallback, redis_url, SETTINGS)
+    app = api_app(fallback, redis_url, SETTINGS)
     client, service = app.test_client(), app.extensions["fuserank"]
     body = client.get("/v1/users/100/recommendations").get_json()
     assert (body["model_version"], body["source"]) == (second["model_version"], "precomputed")
@@ -174,11 +174,10 @@ def test_models_are_found_on_gcs_and_in_the_model_store(two_models, tmp_path, re
     store = str(tmp_path / "store")
     store_model(m1, store)
     write_meta(redis_client, first["version"], {"model_uri": str(tmp_path / "gone")})
-    monkeypatch.setenv("FUSERANK_MODELS_URI", store)
     shutil.rmtree(m1)
     shutil.rmtree(m2)
 
-    app = create_app(m3, redis_url, SETTINGS)
+    app = api_app(m3, redis_url, SETTINGS, models_uri=store)
     client, service = app.test_client(), app.extensions["fuserank"]
     body = client.get("/v1/users/100/recommendations?source=live").get_json()
     assert (body["model_version"], body["list_version"]) == (second["model_version"], second["version"])
@@ -202,7 +201,7 @@ def test_live_answers_use_the_list_versions_settings(two_models, redis_client, r
     m1, _ = two_models
     other = HybridSettings(top_n=12, neighbours=3, weight_stage1=0.5)
     published = precompute(m1, redis_url, other)
-    app = create_app(m1, redis_url, SETTINGS)
+    app = api_app(m1, redis_url, SETTINGS)
     client = app.test_client()
     _assert_live_equals_stored(client, published["version"])
     redis.Redis.from_url(redis_url).flushdb()
@@ -217,6 +216,6 @@ def test_a_list_version_stored_before_a_knob_existed_is_scored_as_it_was_written
     stored_settings = json.loads(redis_client.hget(meta, "settings"))
     del stored_settings["stage2_by_indegree"], stored_settings["stage2_neighbours"]
     redis_client.hset(meta, "settings", json.dumps(stored_settings))
-    client = create_app(m1, redis_url, SETTINGS).test_client()
+    client = api_app(m1, redis_url, SETTINGS).test_client()
     _assert_live_equals_stored(client, published["version"])
     redis.Redis.from_url(redis_url).flushdb()

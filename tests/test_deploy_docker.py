@@ -290,7 +290,8 @@ from fuserank.batch.nightly import main
 assert main(["fetch-model", "--redis-url", {redis_url!r}, "--models-uri", {str(tmp_path / 'store')!r},
              "--out", {str(tmp_path / 'fetched')!r}]) == 0
 from fuserank.api.app import create_app
-app = create_app({str(tmp_path / 'fetched')!r}, {redis_url!r})
+from fuserank.config import ServeSettings
+app = create_app(ServeSettings(model={str(tmp_path / 'fetched')!r}, redis_url={redis_url!r}))
 client = app.test_client()
 assert client.get("/healthz").status_code == 200
 resp = client.get("/v1/users/100/recommendations?n=3&source=live")

@@ -100,8 +100,8 @@ def test_sigkill_midway_keeps_the_previous_version_served_and_a_rerun_flips(tmp_
     assert redis_client.zscore(keys.VERSIONS, vb) is None
     assert_lists_complete(redis_client, model_a, va)            # A intact: every list present and decodable
 
-    from fuserank.api.app import create_app
-    client = create_app(model_a, redis_url).test_client()
+    from tests.factories import api_app
+    client = api_app(model_a, redis_url).test_client()
     model = ModelArtifact.load(model_a)
     for uid in model.user_ids[:10]:
         response = client.get(f"/v1/users/{int(uid)}/recommendations?n=10")

@@ -5,9 +5,8 @@ import logging
 
 import pytest
 
-from fuserank.api.app import create_app
 from fuserank.batch.pipeline import precompute
-from tests.factories import empty_db, random_artifact
+from tests.factories import api_app, empty_db, random_artifact
 
 PLAIN = ["/v1/users/100/recommendations", "/v1/users/100/recommendations?n=5",
          "/v1/users/100/recommendations?n=007", "/v1/users/100/recommendations?n=200",   # 200: beyond the list
@@ -26,11 +25,11 @@ def apps(tmp_path_factory, redis_url):
     model_dir = random_artifact(tmp_path_factory.mktemp("hotpath") / "model", n_users=40, n_anime=30)
     url = empty_db(redis_url, 5)
     precompute(model_dir, url)
-    hot = create_app(model_dir, url)
+    hot = api_app(model_dir, url)
     service = hot.extensions["fuserank"]
     entered = []
     hot.before_request(lambda: entered.append(1))
-    return hot, create_app(model_dir, url, service=service, hot_route=False), entered
+    return hot, api_app(model_dir, url, service=service, hot_route=False), entered
 
 
 def _answer(client, path, method="GET"):

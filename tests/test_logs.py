@@ -12,9 +12,8 @@ import sys
 import pytest
 
 from fuserank import logs
-from fuserank.api.app import create_app
 from fuserank.batch.pipeline import precompute
-from tests.factories import empty_db, random_artifact
+from tests.factories import api_app, empty_db, random_artifact
 
 
 @pytest.fixture
@@ -128,7 +127,7 @@ def api(tmp_path_factory, redis_url):
 
 def test_requests_are_logged_only_when_sampled_or_at_debug_errors_always(api, monkeypatch, caplog):
     model_dir, url, published = api
-    app = create_app(model_dir, url)
+    app = api_app(model_dir, url)
 
     @app.get("/boom")
     def boom():
@@ -150,16 +149,14 @@ def test_requests_are_logged_only_when_sampled_or_at_debug_errors_always(api, mo
                            "ms": line.fields["ms"], "source": "precomputed", "degraded": False}
     assert line.getMessage().startswith("GET /v1/users/100/recommendations?n=3 200 ")
 
-    monkeypatch.setenv("FUSERANK_LOG_SAMPLE", "1")
-    sampled = create_app(model_dir, url).test_client()
+    sampled = api_app(model_dir, url, log_sample=1.0).test_client()
     caplog.clear()
     caplog.set_level(logging.INFO, logger="fuserank.api.requests")
     for _ in range(3):
         sampled.get("/healthz")
     assert len([r for r in caplog.records if r.name == "fuserank.api.requests"]) == 3
-    monkeypatch.setenv("FUSERANK_LOG_SAMPLE", "often")
-    with pytest.raises(ValueError, match="FUSERANK_LOG_SAMPLE"):
-        create_app(model_dir, url)
+    with pytest.raises(ValueError, match="log_sample"):
+        api_app(model_dir, url, log_sample=1.5)
 
 
 def test_cli_precompute_logs_json_lines_with_the_model_version(api):

@@ -3,10 +3,9 @@ and the fault is loud (an ERROR line, ``/metrics``, ``/readyz`` with ``pointer_v
 import logging
 
 from fuserank import keys
-from fuserank.api.app import create_app
 from fuserank.batch.pipeline import precompute
 from fuserank.config import HybridSettings
-from tests.factories import random_artifact
+from tests.factories import api_app, random_artifact
 
 SETTINGS = HybridSettings(top_n=10, neighbours=5)
 GARBAGE = "garbage-not-a-version"
@@ -15,7 +14,7 @@ GARBAGE = "garbage-not-a-version"
 def test_a_garbage_pointer_keeps_the_last_good_version_and_is_reported(tmp_path, redis_client, redis_url, caplog):
     model = random_artifact(tmp_path / "m", n_users=30, n_anime=40, seed=1)
     good = precompute(model, redis_url, SETTINGS)
-    app = create_app(model, redis_url, SETTINGS)
+    app = api_app(model, redis_url, SETTINGS)
     client, service = app.test_client(), app.extensions["fuserank"]
     assert client.get("/v1/users/100/recommendations?n=5").get_json()["source"] == "precomputed"
     assert client.get("/readyz").get_json()["pointer_valid"] is True
@@ -51,7 +50,7 @@ def test_a_garbage_pointer_at_start_falls_back_to_previous(tmp_path, redis_clien
     good = precompute(model, redis_url, SETTINGS)
     redis_client.set(keys.PREVIOUS, good["version"])
     redis_client.set(keys.CURRENT, GARBAGE)
-    client = create_app(model, redis_url, SETTINGS).test_client()
+    client = api_app(model, redis_url, SETTINGS).test_client()
     body = client.get("/v1/users/100/recommendations?n=5").get_json()
     assert (body["source"], body["list_version"]) == ("precomputed", good["version"])
     state = client.get("/readyz").get_json()

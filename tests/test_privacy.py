@@ -4,18 +4,17 @@ import subprocess
 import sys
 
 from fuserank import keys
-from fuserank.api.app import create_app
 from fuserank.batch.pipeline import precompute
 from fuserank.config import HybridSettings
 from fuserank.publish import current_version
-from tests.factories import random_artifact
+from tests.factories import api_app, random_artifact
 
 
 def test_forget_removes_lists_and_suppresses_the_user(tmp_path, redis_client, redis_url):
     model = random_artifact(tmp_path / "m", n_users=12, n_anime=15)
     first = precompute(model, redis_url, HybridSettings(top_n=5, neighbours=3))["version"]
     second = precompute(model, redis_url, HybridSettings(top_n=4, neighbours=3))["version"]
-    app = create_app(model, redis_url, HybridSettings(top_n=4, neighbours=3))
+    app = api_app(model, redis_url, HybridSettings(top_n=4, neighbours=3))
     client = app.test_client()
     assert client.get("/v1/users/105/recommendations?n=3").get_json()["source"] == "precomputed"
 
@@ -26,7 +25,7 @@ def test_forget_removes_lists_and_suppresses_the_user(tmp_path, redis_client, re
     assert not redis_client.exists(keys.user(first, 105)) and not redis_client.exists(keys.user(second, 105))
     assert redis_client.exists(keys.user(second, 104))
 
-    app.extensions["fuserank"]._pointer = (0.0, None, None)  # skip the 1 s cache
+    app.extensions["fuserank"].refresh()  # skip the 1 s cache
     for query in ("n=3", "n=3&source=live", "n=50"):
         assert client.get(f"/v1/users/105/recommendations?{query}").get_json()["source"] == "popular"
     assert client.get("/v1/users/104/recommendations?n=3").get_json()["source"] == "precomputed"

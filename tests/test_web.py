@@ -24,9 +24,8 @@ from scipy.sparse.linalg import svds
 
 from fuserank import artifacts as art
 from fuserank import keys
-from fuserank.api.app import create_app
 from fuserank.batch.pipeline import precompute
-from tests.factories import empty_db, make_artifact, start_server, stop_server
+from tests.factories import api_app, empty_db, make_artifact, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[1]
 ANIME_CSV = ROOT / "data/sample/mal2020/anime_reduced.csv"
@@ -64,7 +63,7 @@ def published(small_model, web_redis):
 
 @pytest.fixture(scope="module")
 def client(small_model, web_redis, published):
-    return create_app(small_model[0], web_redis).test_client()
+    return api_app(small_model[0], web_redis).test_client()
 
 
 def text(response) -> str:
@@ -155,9 +154,7 @@ def test_ratings_travel_with_the_search_and_post_to_recommendations(client, smal
 
 
 def test_the_new_user_form_is_rate_limited_per_address(small_model, web_redis, published):
-    app = create_app(small_model[0], web_redis)
-    app.config.update(FUSERANK_RATE_LIMIT=2, FUSERANK_RATE_WINDOW_S=3600)
-    client = app.test_client()
+    client = api_app(small_model[0], web_redis, rate_limit=2, rate_window_s=3600).test_client()
     addr = {"REMOTE_ADDR": "203.0.113.9"}
     for _ in range(2):
         assert client.post("/new-user", data={"rate_1000": "9"}, environ_base=addr).status_code == 200
