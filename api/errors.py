@@ -1,7 +1,7 @@
 """Every error the API returns is JSON with a message; unexpected exceptions are 500s, logged.
 
     400 BadParameter     a parameter, path segment or body field is invalid (``parameter`` names it)
-    401 Unauthorized     POST without the right ``X-API-Key`` when ``FUSERANK_API_KEY`` is set
+    401 Unauthorized     POST without the right ``X-API-Key`` when API keys are configured (``ServeSettings.api_key``)
     404 NotFound         an anime the model does not know; a route that does not exist
     405                  a method the route does not take (``Allow`` lists those it does)
     413                  a body above the configured limit (``MAX_CONTENT_LENGTH``)

@@ -62,8 +62,8 @@ class ListVersionCollector:
 
     def _served(self) -> tuple[str | None, str | None, str | None]:
         """(list version served, the model version it was written by, model version answering)."""
-        self.service.redis_state()  # the pointer, re-read at most once a second; what is served when Redis is down
-        view, pointer = self.service.view(), self.service.registry.pointer
+        view, _ = self.service.request_view()   # the pointer re-read when due; when Redis is down, what is served
+        pointer = self.service.registry.pointer
         list_model = pointer.model_version if pointer.current == view.list_version else None
         return view.list_version, list_model or (view.bundle.version if view.list_version else None), \
             view.bundle.version
@@ -79,8 +79,10 @@ class ListVersionCollector:
                 published = float(score) if score is not None else None
                 written = float(raw) if raw is not None else None
                 self._times = {version: (time.monotonic(), published, written)}
-            except (redis.RedisError, ValueError):
-                pass  # keep what was known; retried on the next scrape
+            except redis.RedisError as exc:     # keep what was known; retried on the next scrape
+                self.service.breaker.failed(exc)
+            except ValueError:
+                pass
             return published, written
 
     def collect(self):

@@ -52,8 +52,8 @@ class RecommendationService:
     def view(self) -> View:
         return self.registry.view
 
-    def _request_view(self) -> tuple[View, bool]:
-        """The view to answer from, and True when Redis cannot be used for this answer."""
+    def request_view(self) -> tuple[View, bool]:
+        """The view to answer from (the pointer re-read when due), and True when Redis cannot be used now."""
         if self.breaker.is_open():
             return self.registry.view, True
         if self.registry.stale():
@@ -120,7 +120,7 @@ class RecommendationService:
 
     def user_recommendations(self, user_id: int, n: int, live: bool = False, include_adult: bool = False,
                              filters: Filters = NO_FILTERS, explain: bool = True) -> Answer:
-        view, degraded = self._request_view()
+        view, degraded = self.request_view()
         bundle = view.bundle
         drop = drop_mask(bundle, filters)
         if user_id in self.registry.suppressed:
@@ -141,7 +141,7 @@ class RecommendationService:
                                  include_adult: bool = False, filters: Filters = NO_FILTERS,
                                  explain: bool = True) -> tuple[Answer, list[int]]:
         """A user the model has never seen: fold their ratings in, then the same hybrid (``live``)."""
-        view, _ = self._request_view()
+        view, _ = self.request_view()
         bundle = view.bundle
         drop = drop_mask(bundle, filters)
         enc = bundle.model.anime_index(anime_ids)
@@ -154,7 +154,7 @@ class RecommendationService:
     def similar_anime(self, anime_id: int, n: int, include_adult: bool = False, filters: Filters = NO_FILTERS,
                       explain: bool = True) -> Answer:
         """The anime's nearest neighbours; NotFound when the model does not know it."""
-        view, degraded = self._request_view()
+        view, degraded = self.request_view()
         bundle = view.bundle
         a = int(bundle.model.anime_index(anime_id)[0])
         if a < 0:

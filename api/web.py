@@ -8,7 +8,7 @@
                                      (``rate_<anime_id>=<rating>``), so searching again keeps them
     POST /new-user                   those ratings folded in as a new user (service.new_user_recommendations,
                                      the path of POST /v1/recommendations, with its per-address rate limit
-                                     and, when FUSERANK_API_KEY is set, its API key: a public page then
+                                     and, when API keys are configured, its API key: a public page then
                                      answers 401, as the form cannot send the header)
     GET  /anime/ID                   an anime and its most similar anime
 

@@ -355,7 +355,7 @@ def test_low_activity_users_come_from_the_artifact_not_the_raw_file(trained_mode
     import json
     import shutil
     from fuserank import artifacts as art
-    from fuserank.api.service import LowActivity
+    from fuserank.api.registry import LowActivity
     from tests.conftest import SAMPLE_2020
     import pandas as pd
     copy = tmp_path / "model"
