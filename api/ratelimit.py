@@ -2,6 +2,10 @@
 
 A counter per client and window (INCR + EXPIRE under ``keys.RATE_LIMIT``). While the Redis breaker is
 open each process counts on its own: fail open, but at most ``limit`` calls per process and window.
+
+Hand-written rather than Flask-Limiter: its Redis storage (``limits[redis]``) requires redis-py < 8, its
+before-request hook costs every request that goes through Flask's dispatch, limited or not, and its
+windows live in Redis TTLs, which no test clock can move; this one shares the API's breaker and clock.
 """
 from __future__ import annotations
 
