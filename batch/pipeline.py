@@ -158,7 +158,7 @@ def build(p: beam.Pipeline, model_dir: str, redis_url: str, settings: HybridSett
                      | "WriteAnime" >> WriteToRedis(redis_url, "anime"))
     meta = {"model_version": model.version, "settings": settings.to_dict(), "state": "writing",
             "n_users": model.n_users, "n_anime": model.n_anime,
-            # where the API loads this version's model from when the pointer moves to it (fuserank.api.service)
+            # where the API loads this version's model from when the pointer moves to it (fuserank.api.registry)
             "model_uri": model_dir if str(model_dir).startswith("gs://") else os.path.abspath(model_dir)}
     evaluation = os.path.join(model_dir, "evaluation.json")
     if os.path.exists(evaluation):
