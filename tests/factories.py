@@ -129,3 +129,16 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def reasons_of(model, ranked, row: int = 0):
+    """Row ``row``'s reasons as the API's objects (``{"because": [{"anime_id", "name"}, ...], "similar_users"}``),
+    built here independently of keys.ListEncoder, the one encoder they are checked against; None when the
+    ranking was not explained."""
+    if ranked.because is None:
+        return None
+    keep = ranked.items[row] >= 0
+    names = model.anime["name"].fillna("").to_numpy(object)
+    return [{"because": [{"anime_id": int(model.anime_ids[a]), "name": str(names[a])} for a in liked if a >= 0],
+             "similar_users": int(c)}
+            for liked, c in zip(ranked.because[row][keep].tolist(), ranked.similar_users[row][keep].tolist())]

@@ -12,7 +12,7 @@ from fuserank.batch.pipeline import AnimeNeighbours, ScoreUsers, blocks, precomp
 from fuserank.config import HybridSettings
 from fuserank.publish import current_version, read_meta
 from fuserank.scorer import HybridScorer
-from tests.factories import random_artifact
+from tests.factories import random_artifact, reasons_of
 
 SETTINGS = HybridSettings(top_n=10, neighbours=5)
 
@@ -32,7 +32,7 @@ def expected_user_lists(model_dir, version, settings=SETTINGS):
         items, scores = ranked.row(u)
         names = model.anime["name"].to_numpy(object)[items]
         out.append((keys.user(version, model.user_ids[u]),
-                    keys.encode_list(model.anime_ids[items], scores, names, reasons=scorer.reasons(ranked, u))))
+                    keys.encode_list(model.anime_ids[items], scores, names, reasons=reasons_of(model, ranked, u))))
     return out
 
 

@@ -1,7 +1,5 @@
 """Explanations: every recommended item says which of the user's liked anime it is similar to (stage 2)
 and how many of the user's similar users rated it highly (stage 1), the same in Redis and live."""
-import json
-
 import numpy as np
 import pytest
 
@@ -10,7 +8,7 @@ from fuserank.artifacts import ModelArtifact
 from fuserank.batch.pipeline import precompute
 from fuserank.config import HybridSettings, ServeSettings
 from fuserank.scorer import COUNT_IN_PRODUCT_ROWS, HybridScorer
-from tests.factories import make_artifact, random_artifact
+from tests.factories import make_artifact, random_artifact, reasons_of
 
 # anime on a circle (degrees): Y at 10; X, Q, R around it, each with Y among its 2 nearest anime,
 # X's link to Y strongest (4 degrees), then Q (5), then R (7); W, Z, V far away
@@ -40,20 +38,9 @@ def hand_built(tmp_path):
                          names=[NAMES[n] for n in ORDER])
 
 
-def reasons(model, ranked, row=0):
-    """Row ``row``'s reasons as stored and answered (``keys.ListEncoder``); None when not explained."""
-    if ranked.because is None:
-        return None
-    keep = ranked.items[row] >= 0
-    encoder = keys.ListEncoder(model.anime_ids, model.anime["name"].fillna("").to_numpy(object))
-    items = encoder.array(ranked.items[row][keep], ranked.scores[row][keep], ranked.because[row][keep],
-                          ranked.similar_users[row][keep])
-    return [item["reasons"] for item in json.loads(items)]
-
-
 def _by_name(model, ranked, scorer, row=0):
     items, _ = ranked.row(row)
-    reasons_ = reasons(model, ranked, row)
+    reasons_ = reasons_of(model, ranked, row)
     return {ORDER[a]: why for a, why in zip(items.tolist(), reasons_)}
 
 
@@ -78,7 +65,7 @@ def test_reasons_are_known_by_construction(hand_built):
 def test_not_explained_unless_asked(hand_built):
     scorer = HybridScorer(ModelArtifact.load(hand_built), SETTINGS)
     plain = scorer.score_users(np.array([0]))
-    assert plain.because is None and reasons(scorer.model, plain, 0) is None
+    assert plain.because is None and reasons_of(scorer.model, plain, 0) is None
     explained = scorer.score_users(np.array([0]), explain=True)
     assert plain.items.tolist() == explained.items.tolist() and plain.scores.tolist() == explained.scores.tolist()
 
@@ -101,10 +88,10 @@ def test_precomputed_reasons_equal_live_reasons(hand_built, redis_client, redis_
         live = scorer.score_users(np.array([u]), explain=True)
         items, scores = live.row(0)
         assert [it["anime_id"] for it in stored] == model.anime_ids[items].tolist()
-        assert [it["reasons"] for it in stored] == reasons(model, live, 0)
+        assert [it["reasons"] for it in stored] == reasons_of(model, live, 0)
         # the stored bytes are keys.encode_list's, with these reasons
         assert redis_client.get(keys.user(version, model.user_ids[u])) == keys.encode_list(
-            model.anime_ids[items], scores, model.anime["name"].to_numpy(object)[items], reasons=reasons(model, live, 0))
+            model.anime_ids[items], scores, model.anime["name"].to_numpy(object)[items], reasons=reasons_of(model, live, 0))
     stored = keys.decode_list(redis_client.get(keys.user(version, 100)))
     assert stored[0]["name"] == "Trigun" and stored[0]["reasons"]["because"][0]["name"] == "Cowboy Bebop"
 
@@ -132,7 +119,7 @@ def test_a_block_explains_each_user_as_alone(tmp_path):
     for u in users:
         alone = scorer.score_users(np.array([u]), explain=True)
         assert alone.items[0].tolist() == block.items[u].tolist()
-        assert reasons(model, alone, 0) == reasons(model, block, u)
+        assert reasons_of(model, alone, 0) == reasons_of(model, block, u)
 
 
 def test_list_encoder_is_encode_list_byte_for_byte():
