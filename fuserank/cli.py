@@ -24,7 +24,8 @@ import sys
 from fuserank.config import (OTHER_SECTIONS, PARAMS_ENV, PARAMS_FLAG, RANKING, HybridSettings, SettingsError,
                              env_names, env_value, load_params, params_path, parse_bool)
 from fuserank.errors import FuseRankError
-from fuserank.failures import Tried, check_redis_url, explain, redact
+from fuserank.failures import Tried, explain
+from fuserank.redis_client import check_url, connect, redact
 from fuserank.inspect import cmd_inspect
 
 log = logging.getLogger("fuserank")
@@ -206,7 +207,7 @@ def _parser(prog: str, **kw) -> SettingsParser:
 
 def _redis_url_value(text: str) -> str:
     try:
-        return check_redis_url(text)
+        return check_url(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -331,7 +332,7 @@ def _check_memory_policy_before_writing(redis_url: str, allow_eviction: bool) ->
     does not let CONFIG GET be run (some managed ones) is only warned about."""
     import redis
     from fuserank.publish import check_memory_policy
-    client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=10)
+    client = connect(redis_url)
     try:
         check_memory_policy(client, allow_eviction)
     except redis.ConnectionError:
@@ -348,10 +349,10 @@ def _allow_eviction(p: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def _redis(url: str, timeout: float = 30):
+def _redis(url: str):
     """A client whose connection errors become clear CLI errors (no traceback)."""
     import redis
-    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=10)
+    client = connect(url)
     try:
         yield client
     except redis.RedisError as exc:
@@ -454,7 +455,7 @@ def cmd_publish(argv):
     _allow_eviction(p)
     a = p.parse_args(argv)
     from fuserank.publish import check_memory_policy, publish_version
-    with _redis(a.redis_url, 10) as client:
+    with _redis(a.redis_url) as client:
         check_memory_policy(client, a.allow_eviction)
         print(json.dumps({"current": a.version, "previous": publish_version(client, a.version)}))
 
@@ -464,7 +465,7 @@ def cmd_rollback(argv):
     _redis_url(p)
     a = p.parse_args(argv)
     from fuserank.publish import check_memory_policy, rollback
-    with _redis(a.redis_url, 10) as client:
+    with _redis(a.redis_url) as client:
         # an emergency tool: an evicting memory policy is reported loudly, never in the way
         check_memory_policy(client, allow_eviction=True, override="rolling back anyway")
         was, now = rollback(client)
@@ -501,9 +502,9 @@ def cmd_forget(argv):
     _redis_url(p)
     p.add_argument("--user", type=_int_in(0), required=True, help="MyAnimeList user id")
     a = p.parse_args(argv)
-    import redis
     from fuserank.privacy import forget
-    print(json.dumps(forget(redis.Redis.from_url(a.redis_url, socket_timeout=10), a.user)))
+    with _redis(a.redis_url) as client:
+        print(json.dumps(forget(client, a.user)))
 
 
 def cmd_redis(argv):

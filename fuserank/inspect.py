@@ -23,26 +23,14 @@ import redis
 from fuserank import keys
 from fuserank.errors import FuseRankError
 from fuserank.failures import Tried, explain
-from fuserank.publish import current_version, read_meta
+from fuserank.redis_client import connect
+from fuserank.publish import SCAN_COUNT, current_version, read_meta, scan_version
 
-SCAN_COUNT = 1000       # keys per SCAN round trip
 PIPELINE_BATCH = 500    # MEMORY USAGE / GET commands per pipeline
 
 
 class InspectError(FuseRankError):
     """Nothing to show (unknown user/anime/version, nothing published): the CLI prints it and exits 2."""
-
-
-# -- keys ------------------------------------------------------------------------------------------
-def _glob_escape(text: str) -> str:
-    """A version as a literal inside a SCAN MATCH pattern."""
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-
-def _version_scan(r: redis.Redis, version: str):
-    """Keys of one version (or of every version for ``"*"``), by an offline SCAN."""
-    pattern = keys.version_pattern("*" if version == "*" else _glob_escape(version))
-    return r.scan_iter(match=pattern, count=SCAN_COUNT)
 
 
 # -- small helpers -----------------------------------------------------------------------------------
@@ -105,7 +93,7 @@ def resolve_version(r: redis.Redis, version: str | None = None) -> str:
             raise InspectError(f"no published list version in Redis ({keys.CURRENT} is not set): "
                                "run `fuserank precompute` first, or pass --version")
         return current
-    if not _version_known(r, version) and next(iter(_version_scan(r, version)), None) is None:
+    if not _version_known(r, version) and next(iter(scan_version(r, version)), None) is None:
         known = _known_versions(r)
         raise InspectError(f"list version {version!r} not found in Redis; "
                            f"known: {', '.join(known) if known else 'none'}")
@@ -192,7 +180,7 @@ def list_versions(r: redis.Redis, memory: bool = True) -> list[dict]:
                 s["memory_bytes"] += size or 0  # None: deleted since the SCAN saw it
 
     batch = []
-    for k in _version_scan(r, "*"):
+    for k in scan_version(r, "*"):
         p = keys.parse_key(k)
         if p is None:
             continue
@@ -289,7 +277,7 @@ def sample_keys(r: redis.Redis, n: int, version: str | None = None, names: dict 
             picked.append(k)
     if len(picked) < n:
         picked, i = [], 0
-        for k in _version_scan(r, version):
+        for k in scan_version(r, version):
             if not wanted(k):
                 continue
             if len(picked) < n:
@@ -470,7 +458,7 @@ def cmd_inspect(argv):
         names, model_version = load_names(a.model)
     elif a.what != "versions":
         notes.append("anime names are not stored in Redis: showing ids only (pass --model MODEL_DIR to name them)")
-    client = redis.Redis.from_url(a.redis_url, socket_timeout=30, socket_connect_timeout=10)
+    client = connect(a.redis_url)
     try:
         if a.what == "user":
             result = inspect_user(client, a.user_id, a.version, names)
