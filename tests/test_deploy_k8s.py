@@ -220,8 +220,8 @@ def test_api_and_init_command_lines_parse(overlay, monkeypatch):
     monkeypatch.setattr(cli, "_settings", lambda args, model: HybridSettings.for_model({}, **vars(args)))
     argv = expand(api["args"], env)
     assert api["command"] == ["fuserank"] and cli.main(argv) == 0
-    model_dir, _redis, host, port, workers, threads, _settings = called["serve"]
-    assert (model_dir, host, port) == ("/model", "0.0.0.0", 8000) and workers >= 1 and threads >= 1
+    (s,) = called["serve"]
+    assert (s.model, s.host, s.port) == ("/model", "0.0.0.0", 8000) and s.workers >= 1 and s.threads >= 1
     # the live path scores with the knobs the lists were precomputed (and evaluated) with
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert _settings == settings_of(params["hybrid"])
