@@ -224,7 +224,7 @@ def test_api_and_init_command_lines_parse(overlay, monkeypatch):
     assert (s.model, s.host, s.port) == ("/model", "0.0.0.0", 8000) and s.workers >= 1 and s.threads >= 1
     # the live path scores with the knobs the lists were precomputed (and evaluated) with
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert _settings == settings_of(params["hybrid"])
+    assert s.hybrid == settings_of(params["hybrid"])
     init = next(c for c in spec["initContainers"] if c["name"] == "fetch-model")
     use_env(monkeypatch, container_env(docs, init))
     args = nightly.build_parser().parse_args(init["args"])
