@@ -414,32 +414,13 @@ def _layered(name: str, params: str | None) -> SettingsParser:
         parser.error(str(exc))
 
 
-def _take_switch(argv: list[str], flag: str) -> tuple[list[str], bool]:
-    """``flag`` (``--debug``, ``--verbose``) anywhere before a literal ``--``, taken off the command line."""
-    cut = argv.index(PASSTHROUGH) if PASSTHROUGH in argv else len(argv)
-    head = [a for a in argv[:cut] if a != flag]
-    return head + argv[cut:], len(head) < cut
-
-
-def _take_params(argv: list[str]) -> tuple[list[str], str | None]:
-    """``--params FILE`` / ``--params=FILE`` anywhere before a literal ``--``, taken off the command line."""
-    out, path, i = [], None, 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == PASSTHROUGH:
-            out += argv[i:]
-            break
-        if arg == PARAMS_FLAG:
-            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                raise SettingsError(f"{PARAMS_FLAG} needs a FILE")
-            path, i = argv[i + 1], i + 2
-            continue
-        if arg.startswith(PARAMS_FLAG + "="):
-            path, i = arg.split("=", 1)[1], i + 1
-            continue
-        out.append(arg)
-        i += 1
-    return out, path
+def _front(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """``--params FILE``, ``--debug`` and ``--verbose`` taken off the command line (anywhere before ``--``)."""
+    p = argparse.ArgumentParser(prog="fuserank", add_help=False, allow_abbrev=False, exit_on_error=False)
+    p.add_argument(PARAMS_FLAG, dest="params", metavar="FILE")
+    p.add_argument(DEBUG_FLAG, action="store_true")
+    p.add_argument(VERBOSE_FLAG, action="store_true")
+    return p.parse_known_args(argv)
 
 
 def _tried(settings: argparse.Namespace | None) -> Tried:
@@ -456,10 +437,10 @@ def resolve(command: str, argv: list[str]) -> argparse.Namespace:
     The namespace's ``_sources`` maps each setting that did not keep its built-in default to its layer
     (``params file F [section] key``, ``environment NAME``, or ``flag``).
     """
-    argv, params = _take_params(list(argv))
+    front, argv = _front(list(argv))
     if PASSTHROUGH in argv:
         argv = argv[:argv.index(PASSTHROUGH)]
-    ns, ns._sources = _layered(command, params).parse(argv)
+    ns, ns._sources = _layered(command, front.params).parse(argv)
     return ns
 
 
@@ -484,15 +465,13 @@ def overview(params: str | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv, debug = _take_switch(list(sys.argv[1:] if argv is None else argv), DEBUG_FLAG)
-    argv, verbose = _take_switch(argv, VERBOSE_FLAG)
     try:
-        argv, params = _take_params(argv)
-    except SettingsError as exc:
+        front, argv = _front(list(sys.argv[1:] if argv is None else argv))
+    except argparse.ArgumentError as exc:
         print(f"fuserank: error: {exc}", file=sys.stderr)
         return 2
     if argv and argv[0] in ("-h", "--help"):
-        print(overview(params))
+        print(overview(front.params))
         return 0
     if not argv or argv[0] not in COMMANDS:
         print("usage: fuserank {" + ",".join(COMMANDS) + "} [--help] ...", file=sys.stderr if argv else sys.stdout)
@@ -504,21 +483,20 @@ def main(argv: list[str] | None = None) -> int:
     command = COMMANDS[name]
     if command.passthrough and PASSTHROUGH in argv:
         argv, passthrough = argv[:argv.index(PASSTHROUGH)], argv[argv.index(PASSTHROUGH) + 1:]
-    parser = _layered(name, params)
-    settings, _ = parser.parse(argv)
-    settings.passthrough, settings.params_file = passthrough, params
+    settings, _ = _layered(name, front.params).parse(argv)
+    settings.passthrough, settings.params_file = passthrough, front.params
     from fuserank import logs
     try:
         # LOG_LEVEL, LOG_FORMAT=plain|json, versions on every line; third-party chatter only with --verbose
-        logs.configure_command(name, vars(settings), verbose=verbose)
+        logs.configure_command(name, vars(settings), verbose=front.verbose)
         command.run(settings)
     except FuseRankError as exc:
-        if debug:
+        if front.debug:
             raise
         print(f"fuserank {name}: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - only failures to reach Redis, GCS or a file are answered here
-        line = None if debug else explain(exc, _tried(settings))
+        line = None if front.debug else explain(exc, _tried(settings))
         if line is None:
             raise
         print(f"fuserank {name}: error: {line} (--debug shows the traceback)", file=sys.stderr)

@@ -87,8 +87,8 @@ def test_the_graph_sees_imports_inside_functions():
     assert "fuserank.publish" in imports("fuserank.inspect", found["fuserank.inspect"], found)
 
 
-@pytest.mark.xfail(strict=False, reason="the API (routes, service, server, metrics) and batch/nightly.py still read "
-                                        "os.environ and call Redis.from_url until their engineers' parts of #18 land")
+@pytest.mark.xfail(strict=False, reason="the API (routes, service, server, metrics) reads os.environ and calls "
+                                        "Redis.from_url until the API part of #18 lands")
 def test_only_config_touches_the_environment_and_only_redis_client_makes_clients():
     found = modules()
     environ = where({n: t for n, t in found.items() if n != "fuserank.config"}, lambda node: (
