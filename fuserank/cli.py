@@ -34,6 +34,8 @@ PASSTHROUGH = "--"             # precompute: what follows goes to Beam
 
 @dataclass(frozen=True)
 class Command:
+    """A `fuserank` command: how to build its parser and how to run it."""
+
     build: Callable[[], SettingsParser]          # the command's parser: its settings, no side effects
     run: Callable[[argparse.Namespace], None]    # runs it on the parsed settings
     passthrough: bool = False                    # arguments after `--` land in the settings' ``passthrough``
@@ -385,7 +387,7 @@ def run_config(a) -> None:
         for rows in found.values():
             for dest, row in rows.items():
                 row["value"] = masked(dest, row["value"])
-        print(json.dumps({"commands": found, "environment": env}, indent=2, default=list))
+        print(json.dumps({"commands": found, "environment": env}, indent=2))
         return
     for name, rows in found.items():
         print(name)

@@ -175,20 +175,23 @@ def test_missing_or_malformed_params_file_names_it_and_where_it_was_named(tmp_pa
     assert main(["precompute", "--params"]) == 2
 
 
+def help_of(command: str, capsys) -> str:
+    """`fuserank COMMAND --help`: exits 0; its text with the line wrapping undone."""
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
 def test_subcommand_help_shows_effective_defaults_and_environment_names(monkeypatch, capsys):
     monkeypatch.setenv("FUSERANK_TOP_N", "30")
     monkeypatch.setenv("REDIS_URL", "redis://:s3cret@cache:6379/0")
-    with pytest.raises(SystemExit) as exc:
-        main(["precompute", "--help"])
-    assert exc.value.code == 0
-    out = capsys.readouterr().out
+    out = help_of("precompute", capsys)
     assert "(default: 30)" in out and "FUSERANK_TOP_N" in out and "FUSERANK_WEIGHT_MODEL" in out
     assert "--params FILE" in out and "FUSERANK_PARAMS" in out
     assert "s3cret" not in out and "redis://:***@cache:6379/0" in out
     for command in ("train", "serve", "ingest", "cleanup"):
-        with pytest.raises(SystemExit):
-            main([command, "--help"])
-        out = capsys.readouterr().out
+        out = help_of(command, capsys)
         assert "(default:" in out and "[env FUSERANK_" in out
 
 
@@ -208,10 +211,7 @@ def test_top_level_help_lists_every_command_and_setting_with_its_default(monkeyp
 def test_serve_help_lists_every_api_setting_with_the_api_key_hidden(monkeypatch, capsys):
     monkeypatch.setenv("FUSERANK_API_KEY", "k3y-one,k3y-two")
     monkeypatch.setenv("FUSERANK_RATE_LIMIT", "5")
-    with pytest.raises(SystemExit) as exc:
-        main(["serve", "--help"])
-    assert exc.value.code == 0
-    out = " ".join(capsys.readouterr().out.split())
+    out = help_of("serve", capsys)
     for name in ("FUSERANK_RATE_LIMIT", "FUSERANK_RATE_WINDOW_S", "FUSERANK_API_KEY", "FUSERANK_WORKER_CLASS",
                  "FUSERANK_MODELS_URI", "FUSERANK_LOG_SAMPLE"):
         assert f"[env {name}]" in out, name
