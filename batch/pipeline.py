@@ -26,6 +26,7 @@ import redis
 from fuserank import keys, logs
 from fuserank.privacy import suppressed
 from fuserank.publish import PublishError, current_version
+from fuserank.redis_client import connect
 from fuserank.artifacts import ModelArtifact
 from fuserank.config import HybridSettings
 from fuserank.batch.redis_io import PublishFn, WriteListsFn
@@ -202,7 +203,7 @@ def precompute(model_dir: str, redis_url: str, settings: HybridSettings | None =
     scorer = load_scorer(model_dir, settings)   # shared with the DoFns on the in-process runner
     model = scorer.model
     options, runner = pipeline_options(beam_args)
-    client = redis.Redis.from_url(redis_url, socket_timeout=30)
+    client = connect(redis_url, "batch")
     try:
         skip = suppressed(client)
     finally:
@@ -213,7 +214,7 @@ def precompute(model_dir: str, redis_url: str, settings: HybridSettings | None =
     log.info("precompute list version %s: %d users, %d anime", version, model.n_users, model.n_anime)
     p.run().wait_until_finish()
     seconds = time.time() - t0
-    client = redis.Redis.from_url(redis_url, socket_timeout=30)
+    client = connect(redis_url, "batch")
     try:
         superseded = check_published(client, version)
     finally:

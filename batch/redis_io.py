@@ -5,9 +5,9 @@ import logging
 import time
 
 import apache_beam as beam
-import redis
 
 from fuserank.publish import publish, write_meta
+from fuserank.redis_client import connect
 
 log = logging.getLogger("fuserank.precompute")
 
@@ -23,8 +23,7 @@ class WriteListsFn(beam.DoFn):
         self.redis_url, self.kind, self.batch_size = redis_url, kind, batch_size
 
     def setup(self):
-        self.client = redis.Redis.from_url(self.redis_url, socket_timeout=30, socket_connect_timeout=10,
-                                           health_check_interval=30)
+        self.client = connect(self.redis_url, "batch")
         self.written = 0
         self.t0 = time.time()
 
@@ -67,7 +66,7 @@ class PublishFn(beam.DoFn):
         self.redis_url, self.version, self.expected, self.meta = redis_url, version, expected, meta
 
     def process(self, written: dict):
-        client = redis.Redis.from_url(self.redis_url, socket_timeout=30)
+        client = connect(self.redis_url, "batch")
         try:
             write_meta(client, self.version, {**self.meta, "written_at": time.time()})
             previous = publish(client, self.version, dict(written), self.expected)

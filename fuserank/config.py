@@ -16,7 +16,7 @@ fuserank.cli are the schema). A setting's value comes from the highest of these 
     4. command-line flag
 
 A value that does not parse fails at start naming the setting and the layer it came from. This module
-reads the layers (``params_path``, ``load_params``, ``env_value``); fuserank.cli applies them to its parsers.
+reads the layers (``params_path``, ``load_params``, ``env_value``); fuserank.settings_parser applies them.
 """
 from __future__ import annotations
 
@@ -249,8 +249,8 @@ def unset(name: str) -> None:
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """Everything `fuserank serve` runs with, resolved from the layers (each is a `serve` flag, so
-    ``fuserank serve --help`` shows its default and its FUSERANK_<SETTING> variable)."""
+    """Everything `fuserank serve` runs with, resolved from the layers (each field but ``hybrid`` is a
+    `serve` flag of the same name, so ``fuserank serve --help`` shows its default and FUSERANK_<SETTING>)."""
 
     model: str
     redis_url: str

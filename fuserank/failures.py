@@ -9,36 +9,10 @@ from __future__ import annotations
 import os
 import traceback
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+from fuserank.redis_client import redact
+
 START_REDIS = "start one with `fuserank redis` (it prints the URL), or pass --redis-url / set REDIS_URL"
-
-
-def redact(url: str) -> str:
-    """A URL with its password replaced by ``***`` (Redis credentials never reach a log or a terminal)."""
-    if "://" not in url or "@" not in url:
-        return url
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        host = parts.netloc.rsplit("@", 1)[1]
-        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
-    except ValueError:
-        return "<redacted>"
-
-
-def check_redis_url(url: str) -> str:
-    """``url``, unless it names another scheme (``http://...``): ValueError saying which schemes Redis takes.
-    (A value with no scheme at all is left to redis-py, whose refusal ``explain`` turns into one line.)"""
-    try:
-        scheme = urlsplit(url).scheme if "://" in url else None
-    except ValueError:
-        scheme = ""
-    if scheme is not None and scheme not in REDIS_SCHEMES:
-        raise ValueError(f"expected a redis://HOST:PORT/DB URL (or rediss://, unix://), got {redact(url)!r}")
-    return url
 
 
 @dataclass(frozen=True)

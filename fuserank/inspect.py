@@ -1,7 +1,7 @@
 """`fuserank inspect`: look at what precompute left in a live Redis (offline: SCAN is fine here, KEYS never).
 
 Importable functions return plain dicts/lists; ``format_*`` turn them into aligned plain-text tables;
-``cmd_inspect`` is the argparse front end (human tables by default, ``--json`` for scripts).
+``inspect_parser`` / ``run_inspect`` are the command (human tables by default, ``--json`` for scripts).
 
     inspect_user(r, user_id, version=None, names=None)   one user's stored top-N, with each item's reasons
     inspect_anime(r, anime_id, version=None, names=None) one anime's stored neighbours
@@ -23,26 +23,15 @@ import redis
 from fuserank import keys
 from fuserank.errors import FuseRankError
 from fuserank.failures import Tried, explain
-from fuserank.publish import current_version, read_meta
+from fuserank.publish import SCAN_COUNT, current_version, read_meta, scan_version
+from fuserank.redis_client import connect
+from fuserank.settings_parser import SettingsParser, int_in, redis_url_flag
 
-SCAN_COUNT = 1000       # keys per SCAN round trip
 PIPELINE_BATCH = 500    # MEMORY USAGE / GET commands per pipeline
 
 
 class InspectError(FuseRankError):
     """Nothing to show (unknown user/anime/version, nothing published): the CLI prints it and exits 2."""
-
-
-# -- keys ------------------------------------------------------------------------------------------
-def _glob_escape(text: str) -> str:
-    """A version as a literal inside a SCAN MATCH pattern."""
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-
-def _version_scan(r: redis.Redis, version: str):
-    """Keys of one version (or of every version for ``"*"``), by an offline SCAN."""
-    pattern = keys.version_pattern("*" if version == "*" else _glob_escape(version))
-    return r.scan_iter(match=pattern, count=SCAN_COUNT)
 
 
 # -- small helpers -----------------------------------------------------------------------------------
@@ -105,7 +94,7 @@ def resolve_version(r: redis.Redis, version: str | None = None) -> str:
             raise InspectError(f"no published list version in Redis ({keys.CURRENT} is not set): "
                                "run `fuserank precompute` first, or pass --version")
         return current
-    if not _version_known(r, version) and next(iter(_version_scan(r, version)), None) is None:
+    if not _version_known(r, version) and next(iter(scan_version(r, version)), None) is None:
         known = _known_versions(r)
         raise InspectError(f"list version {version!r} not found in Redis; "
                            f"known: {', '.join(known) if known else 'none'}")
@@ -192,7 +181,7 @@ def list_versions(r: redis.Redis, memory: bool = True) -> list[dict]:
                 s["memory_bytes"] += size or 0  # None: deleted since the SCAN saw it
 
     batch = []
-    for k in _version_scan(r, "*"):
+    for k in scan_version(r, "*"):
         p = keys.parse_key(k)
         if p is None:
             continue
@@ -289,7 +278,7 @@ def sample_keys(r: redis.Redis, n: int, version: str | None = None, names: dict 
             picked.append(k)
     if len(picked) < n:
         picked, i = [], 0
-        for k in _version_scan(r, version):
+        for k in scan_version(r, version):
             if not wanted(k):
                 continue
             if len(picked) < n:
@@ -426,43 +415,33 @@ def format_sample(sample: list[dict], with_names: bool, preview: int = 3) -> str
 
 
 # -- the command ------------------------------------------------------------------------------------
-def _build_parser():
-    import argparse
+def inspect_parser() -> SettingsParser:
+    p = SettingsParser("fuserank inspect", description="Look at the lists precompute stored in a live Redis "
+                       "(read-only). Human tables by default, --json for scripts.")
 
-    from fuserank.cli import _int_in, _parser, _redis_url
+    def add(name, help, named=True, versioned=True):
+        s = p.add_subcommand(name, help)
+        redis_url_flag(s)
+        s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        if named:
+            s.add_argument("--model", help="model directory (local or gs://) to name anime; Redis stores ids only")
+        if versioned:
+            s.add_argument("--version", help="list version to look at (default: the current one)")
+        return s
 
-    p = _parser("fuserank inspect", description="Look at the lists precompute stored in a live Redis "
-                "(read-only). Human tables by default, --json for scripts.")
-    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    _redis_url(common)
-    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    with_names = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    with_names.add_argument("--model", help="model directory (local or gs://) to name anime; Redis stores ids only")
-    with_version = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    with_version.add_argument("--version", help="list version to look at (default: the current one)")
-
-    sub = p.add_subparsers(dest="what", required=True, metavar="{user,anime,versions,diff,sample}")
-
-    def add(name, help, parents):
-        return sub.add_parser(name, help=help, description=help, parents=parents, allow_abbrev=False,
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-
-    s = add("user", "a user's stored list (anime, score), list/model version, when written",
-            [common, with_names, with_version])
-    s.add_argument("user_id", type=_int_in(0), metavar="USER_ID")
-    s = add("anime", "an anime's stored neighbours", [common, with_names, with_version])
-    s.add_argument("anime_id", type=_int_in(0), metavar="ANIME_ID")
-    add("versions", "every list version present: current/previous, state, key counts, memory", [common])
-    s = add("diff", "how a user's list changed between two list versions", [common, with_names, with_version])
-    s.add_argument("user_id", type=_int_in(0), metavar="USER_ID")
+    add("user", "a user's stored list (anime, score), list/model version, when written").add_argument(
+        "user_id", type=int_in(0), metavar="USER_ID")
+    add("anime", "an anime's stored neighbours").add_argument("anime_id", type=int_in(0), metavar="ANIME_ID")
+    add("versions", "every list version present: current/previous, state, key counts, memory", False, False)
+    s = add("diff", "how a user's list changed between two list versions")
+    s.add_argument("user_id", type=int_in(0), metavar="USER_ID")
     s.add_argument("--against", required=True, help="the older list version to compare with")
-    s = add("sample", "N random list keys of a version, decoded, to eyeball", [common, with_names, with_version])
-    s.add_argument("n", type=_int_in(1, 10000), metavar="N")
+    add("sample", "N random list keys of a version, decoded, to eyeball").add_argument(
+        "n", type=int_in(1, 10000), metavar="N")
     return p
 
 
-def cmd_inspect(argv):
-    a = _build_parser().parse_args(argv)
+def run_inspect(a) -> None:
     names = None
     model_version = None
     notes = []
@@ -470,7 +449,7 @@ def cmd_inspect(argv):
         names, model_version = load_names(a.model)
     elif a.what != "versions":
         notes.append("anime names are not stored in Redis: showing ids only (pass --model MODEL_DIR to name them)")
-    client = redis.Redis.from_url(a.redis_url, socket_timeout=30, socket_connect_timeout=10)
+    client = connect(a.redis_url)
     try:
         if a.what == "user":
             result = inspect_user(client, a.user_id, a.version, names)

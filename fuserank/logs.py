@@ -34,6 +34,7 @@ import time
 import warnings
 from typing import Callable
 
+from fuserank.config import environment, export
 from fuserank.errors import FuseRankError
 
 FIELDS = ("model_version", "list_version", "data_version")
@@ -104,16 +105,15 @@ def reset() -> None:
     _providers.clear()
 
 
-def set_verbose(on: bool, environ=None) -> None:
+def set_verbose(on: bool) -> None:
     """``on``: third-party output as the libraries make it. Off (the default): quiet environment defaults
     (``QUIET_ENV``, never over a value already set), Keras' UserWarnings ignored, and ``configure()``'s
     handler drops third-party records below ERROR."""
     _verbose["on"] = bool(on)
     if on:
         return
-    environ = os.environ if environ is None else environ
     for name, value in QUIET_ENV.items():
-        environ.setdefault(name, value)
+        export(name, value, overwrite=False)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"keras(\.|$)")
 
 
@@ -218,8 +218,8 @@ def configure(level: str | int | None = None, fmt: str | None = None, stream=Non
     embeds FuseRank) nothing is changed unless ``force``, as ``logging.basicConfig`` does. Returns
     whether the handler was installed. Invalid ``LOG_FORMAT`` / ``LOG_LEVEL`` fail naming the variable.
     """
-    fmt = (fmt or os.environ.get(FORMAT_ENV) or "plain").strip().lower()
-    level = level if level is not None else (os.environ.get(LEVEL_ENV) or "INFO")
+    fmt = (fmt or environment().log_format or "plain").strip().lower()
+    level = level if level is not None else (environment().log_level or "INFO")
     form = formatter(fmt)
     if isinstance(level, str):
         name = level.strip().upper()
@@ -243,17 +243,6 @@ def configure(level: str | int | None = None, fmt: str | None = None, stream=Non
     return True
 
 
-def _flag(argv: list[str], name: str) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg == "--":
-            break
-        if arg == name and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith(name + "="):
-            return arg[len(name) + 1:]
-    return None
-
-
 def _manifest_field(directory: str | None, key: str) -> str | None:
     """A field of ``DIRECTORY/manifest.json`` when it is a local directory (never a network read)."""
     if not directory or "://" in directory:
@@ -266,21 +255,21 @@ def _manifest_field(directory: str | None, key: str) -> str | None:
     return str(value) if value else None
 
 
-def configure_command(command: str, argv: list[str], verbose: bool = False) -> None:
-    """``configure()`` for a `fuserank` command, with the versions its arguments name bound.
+def configure_command(command: str, settings: dict, verbose: bool = False) -> None:
+    """``configure()`` for a `fuserank` command, with the versions its resolved settings name bound.
 
-    ``--model DIR`` binds the model version from DIR's manifest (precompute, serve, evaluate, inspect);
-    ``train --data DIR`` binds ``data_version`` (the ingest's content hash: the model version exists
+    ``model`` DIR binds the model version from DIR's manifest (precompute, serve, evaluate, inspect);
+    ``train``'s ``data`` DIR binds ``data_version`` (the ingest's content hash: the model version exists
     only once training has exported the artifact). The list version is bound by the stage that
     computes it (``bind(list_version=...)``) and by the API from its cached pointer.
     """
     set_verbose(verbose)
     configure()
     reset()
-    model_version = _manifest_field(_flag(argv, "--model"), "model_version")
+    model_version = _manifest_field(settings.get("model"), "model_version")
     if model_version:
         bind(model_version=model_version)
     if command == "train":
-        data_version = _manifest_field(_flag(argv, "--data"), "content_hash")
+        data_version = _manifest_field(settings.get("data"), "content_hash")
         if data_version:
             bind(data_version=data_version[:16])

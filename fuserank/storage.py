@@ -12,9 +12,11 @@ import os
 import shutil
 from typing import BinaryIO
 
+from fuserank.config import Environment, environment
+
 GCS_SCHEME = "gs://"
 GCS_CHUNK_BYTES = 8 << 20
-EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+EMULATOR_ENV = Environment.VARIABLES["gcs_emulator"]
 EMULATOR_PROJECT = "fuserank-emulator"
 
 
@@ -71,12 +73,12 @@ def download(path, local: str) -> bool:
 
 def endpoint() -> str:
     """Where GCS requests go: the emulator's address when one is set, else Google's."""
-    return os.environ.get(EMULATOR_ENV) or "storage.googleapis.com"
+    return environment().gcs_emulator or "storage.googleapis.com"
 
 
 def _client():
     """One client per emulator setting; it is thread-safe and costly to build."""
-    return _make_client(os.environ.get(EMULATOR_ENV))
+    return _make_client(environment().gcs_emulator)
 
 
 @functools.lru_cache(maxsize=4)
@@ -86,6 +88,6 @@ def _make_client(emulator_host: str | None):
     if emulator_host:
         from google.auth.credentials import AnonymousCredentials
 
-        project = os.environ.get("GOOGLE_CLOUD_PROJECT", EMULATOR_PROJECT)
+        project = environment().gcp_project or EMULATOR_PROJECT
         return storage.Client(project=project, credentials=AnonymousCredentials())
     return storage.Client()

@@ -220,12 +220,11 @@ def test_api_and_init_command_lines_parse(overlay, monkeypatch):
     monkeypatch.setattr(cli, "_settings", lambda args, model: HybridSettings.for_model({}, **vars(args)))
     argv = expand(api["args"], env)
     assert api["command"] == ["fuserank"] and cli.main(argv) == 0
-    (serve,) = called["serve"]
-    assert (serve.model, serve.host, serve.port) == ("/model", "0.0.0.0", 8000) and serve.workers >= 1 \
-        and serve.threads >= 1
+    (s,) = called["serve"]
+    assert (s.model, s.host, s.port) == ("/model", "0.0.0.0", 8000) and s.workers >= 1 and s.threads >= 1
     # the live path scores with the knobs the lists were precomputed (and evaluated) with
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert serve.hybrid == settings_of(params["hybrid"])
+    assert s.hybrid == settings_of(params["hybrid"])
     init = next(c for c in spec["initContainers"] if c["name"] == "fetch-model")
     use_env(monkeypatch, container_env(docs, init))
     args = nightly.build_parser().parse_args(init["args"])

@@ -9,8 +9,8 @@ from fuserank import cli, keys
 from fuserank.artifacts import ModelArtifact
 from fuserank.batch.pipeline import precompute
 from fuserank.config import HybridSettings
-from fuserank.inspect import (InspectError, cmd_inspect, diff_user, format_table, inspect_anime, inspect_user,
-                              list_versions, sample_keys)
+from fuserank.inspect import (InspectError, diff_user, format_table, inspect_anime, inspect_user, list_versions,
+                              sample_keys)
 from fuserank.publish import write_meta
 from tests.factories import random_artifact
 
@@ -42,9 +42,12 @@ def r(stored, redis_client):
     return redis_client
 
 
+def cmd_inspect(argv):
+    """`fuserank inspect ARGV`, in-process."""
+    assert cli.main(["inspect", *argv]) == 0
+
+
 def run_main(monkeypatch, capsys, *argv):
-    """Through fuserank.cli.main, as `fuserank inspect ...` will run once COMMANDS names it."""
-    monkeypatch.setitem(cli.COMMANDS, "inspect", cmd_inspect)
     code = cli.main(["inspect", *argv])
     out = capsys.readouterr()
     return code, out.out, out.err

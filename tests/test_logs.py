@@ -106,13 +106,11 @@ def test_configure_command_binds_the_versions_its_arguments_name(tmp_path, strea
     data.mkdir()
     (data / "manifest.json").write_text(json.dumps({"content_hash": "0123456789abcdef0123"}))
     monkeypatch.setattr(logs, "configure", lambda *a, **k: True)
-    logs.configure_command("precompute", ["--model", str(model), "--redis-url", "redis://x"])
+    logs.configure_command("precompute", {"model": str(model), "redis_url": "redis://x"})
     assert logs.current() == {"model_version": "feedbeef"}
-    logs.configure_command("serve", [f"--model={model}"])
-    assert logs.current() == {"model_version": "feedbeef"}
-    logs.configure_command("train", ["--data", str(data), "--out", str(tmp_path / "m")])
+    logs.configure_command("train", {"data": str(data), "out": str(tmp_path / "m")})
     assert logs.current() == {"data_version": "0123456789abcdef"}
-    logs.configure_command("precompute", ["--model", "gs://bucket/m", "--", "--model", str(model)])
+    logs.configure_command("precompute", {"model": "gs://bucket/m"})      # never a network read
     assert logs.current() == {}
 
 

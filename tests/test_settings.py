@@ -175,20 +175,23 @@ def test_missing_or_malformed_params_file_names_it_and_where_it_was_named(tmp_pa
     assert main(["precompute", "--params"]) == 2
 
 
+def help_of(command: str, capsys) -> str:
+    """`fuserank COMMAND --help`: exits 0; its text with the line wrapping undone."""
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
 def test_subcommand_help_shows_effective_defaults_and_environment_names(monkeypatch, capsys):
     monkeypatch.setenv("FUSERANK_TOP_N", "30")
     monkeypatch.setenv("REDIS_URL", "redis://:s3cret@cache:6379/0")
-    with pytest.raises(SystemExit) as exc:
-        main(["precompute", "--help"])
-    assert exc.value.code == 0
-    out = capsys.readouterr().out
+    out = help_of("precompute", capsys)
     assert "(default: 30)" in out and "FUSERANK_TOP_N" in out and "FUSERANK_WEIGHT_MODEL" in out
     assert "--params FILE" in out and "FUSERANK_PARAMS" in out
     assert "s3cret" not in out and "redis://:***@cache:6379/0" in out
     for command in ("train", "serve", "ingest", "cleanup"):
-        with pytest.raises(SystemExit):
-            main([command, "--help"])
-        out = capsys.readouterr().out
+        out = help_of(command, capsys)
         assert "(default:" in out and "[env FUSERANK_" in out
 
 
@@ -203,3 +206,59 @@ def test_top_level_help_lists_every_command_and_setting_with_its_default(monkeyp
     lines = {tuple(line.split()[:2]) for line in out.splitlines() if line.startswith("    --")}
     assert ("--top-n", "25") in lines and ("--block-size", "9") in lines and ("--epochs", "None") in lines
     assert "FUSERANK_WEIGHT_MODEL" in out and "FUSERANK_PARAMS" in out and "REDIS_URL" in out
+
+
+def test_serve_help_lists_every_api_setting_with_the_api_key_hidden(monkeypatch, capsys):
+    monkeypatch.setenv("FUSERANK_API_KEY", "k3y-one,k3y-two")
+    monkeypatch.setenv("FUSERANK_RATE_LIMIT", "5")
+    out = help_of("serve", capsys)
+    for name in ("FUSERANK_RATE_LIMIT", "FUSERANK_RATE_WINDOW_S", "FUSERANK_API_KEY", "FUSERANK_WORKER_CLASS",
+                 "FUSERANK_MODELS_URI", "FUSERANK_LOG_SAMPLE"):
+        assert f"[env {name}]" in out, name
+    assert "(default: 5)" in out and "(default: ***)" in out and "k3y" not in out
+
+
+def test_serve_runs_the_api_with_one_settings_object_from_every_layer(tmp_path, monkeypatch):
+    from fuserank.config import ServeSettings
+    from tests.factories import random_artifact
+    model = random_artifact(tmp_path / "m")
+    called = []
+    monkeypatch.setattr("fuserank.api.server.serve", called.append)
+    monkeypatch.setenv("FUSERANK_API_KEY", "a, b")
+    monkeypatch.setenv("FUSERANK_RATE_LIMIT", "5")
+    path = write(tmp_path, "p.yaml", {"serve": {"log-sample": 0.25}, "hybrid": {"top-n": 7}})
+    assert main(["serve", "--params", path, "--model", model, "--redis-url", "redis://127.0.0.1:1/0",
+                 "--rate-window-s", "7", "--worker-class", "sync"]) == 0
+    (s,) = called
+    assert s == ServeSettings(model=model, redis_url="redis://127.0.0.1:1/0", api_key=("a", "b"), rate_limit=5,
+                              rate_window_s=7, worker_class="sync", log_sample=0.25,
+                              hybrid=HybridSettings(top_n=7))
+
+
+def test_config_show_names_the_layer_of_every_value_and_never_a_secret(tmp_path, monkeypatch, capsys):
+    path = write(tmp_path, "p.yaml", {"hybrid": {"top-n": 20}, "precompute": {"block-size": 7}})
+    monkeypatch.setenv("FUSERANK_REDIS_URL", "redis://:s3cret@cache:6379/0")
+    monkeypatch.setenv("FUSERANK_API_KEY", "k3y")
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    assert main(["config", "show", "--params", path, "precompute", "--weight-model", "0.5"]) == 0
+    rows = {tuple(line.split()[:1]): line.split()[1:] for line in capsys.readouterr().out.splitlines()}
+    assert rows[("--top-n",)] == ["20", "params", "file", path, "[hybrid]", "top-n"]
+    assert rows[("--block-size",)] == ["7", "params", "file", path, "[precompute]", "block-size"]
+    assert rows[("--redis-url",)] == ["redis://:***@cache:6379/0", "environment", "FUSERANK_REDIS_URL"]
+    assert rows[("--weight-model",)] == ["0.5", "flag"]
+    assert rows[("--neighbours",)] == ["None", "default"]
+    assert rows[("LOG_FORMAT",)] == ["json"]
+
+    assert main(["config", "show", "--json", "--params", path]) == 0
+    out = capsys.readouterr().out
+    shown = json.loads(out)
+    assert shown["commands"]["precompute"]["top_n"] == {"flag": "--top-n", "value": 20,
+                                                        "source": f"params file {path} [hybrid] top-n"}
+    assert shown["commands"]["serve"]["api_key"] == {"flag": "--api-key", "value": "***",
+                                                     "source": "environment FUSERANK_API_KEY"}
+    assert shown["commands"]["serve"]["model"]["value"] is None        # required, not given: shown unset
+    assert set(shown["commands"]) == set(COMMANDS) - {"config"} and shown["environment"]["log_format"] == "json"
+    assert "s3cret" not in out and "k3y" not in out
+
+    assert main(["config", "show", "serve", "--json"]) == 0          # --json after the command too
+    assert json.loads(capsys.readouterr().out)["commands"]["serve"]["rate_limit"]["value"] == 60

@@ -201,7 +201,8 @@ def load_suppressed(redis_url: str | None = None, path: str | None = None) -> tu
         import redis
 
         from fuserank.privacy import suppressed
-        client = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=10)
+        from fuserank.redis_client import connect
+        client = connect(redis_url)
         try:
             ids |= suppressed(client)
         except (redis.RedisError, ValueError) as exc:

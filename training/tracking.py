@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import os
 
+from fuserank.config import environment, export
+
 log = logging.getLogger("fuserank.train")
 
 _QUIET = dict(auto_param_logging=False, auto_metric_logging=False, auto_output_logging=False,
@@ -29,15 +31,15 @@ class NullExperiment:
 
 
 def start_experiment(model_dir: str, project: str = "fuserank"):
-    os.environ.setdefault("COMET_DISABLE_AUTO_LOGGING", "1")
-    os.environ.setdefault("COMET_ERROR_TRACKING_ENABLE", "false")  # no telemetry calls from offline runs
+    export("COMET_DISABLE_AUTO_LOGGING", "1", overwrite=False)
+    export("COMET_ERROR_TRACKING_ENABLE", "false", overwrite=False)  # no telemetry calls from offline runs
     try:
         import comet_ml
     except ImportError:
         log.info("comet_ml not installed: experiment not tracked")
         return NullExperiment()
     try:
-        if os.environ.get("COMET_API_KEY"):
+        if environment().comet_api_key:
             return comet_ml.Experiment(project_name=project, **_QUIET)
         offline_dir = os.path.join(model_dir, "comet")
         os.makedirs(offline_dir, exist_ok=True)
