@@ -65,21 +65,28 @@ def sample_data(tmp_path_factory):
     return str(out)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", params=[pytest.param("seed", marks=pytest.mark.slow)])
 def trained_model(sample_data, tmp_path_factory):
-    """The seed's model trained on the 2020 sample (20 epochs max, early stopping), exported."""
+    """The seed's rating model trained on the 2020 sample (20 epochs max, early stopping), exported.
+    Its one parameter is marked slow, so every test that uses it is in the slow lane."""
     from fuserank.training.train import train
     out = tmp_path_factory.mktemp("model") / "model"
     manifest = train(sample_data, str(out), epochs=20, seed=0, objective="rating")
     return str(out), manifest
 
 
-@pytest.fixture(scope="session")
-def ranking_model(sample_data, tmp_path_factory):
-    """The served configuration: `fuserank train`'s default on the 2020 sample (the model knobs at their
-    defaults here, to keep the suite short: the hybrid's are still chosen on the validation split)."""
+@pytest.fixture(scope="session", params=["small", pytest.param("served", marks=pytest.mark.slow)])
+def ranking_model(request, sample_data, tmp_path_factory):
+    """A ranking-objective model on the 2020 sample. ``served``: `fuserank train`'s default (the model knobs
+    at their defaults to keep it short; the hybrid's still chosen on the validation split), slow.
+    ``small``: RANKING's knobs without the search, 32 dimensions, 6 epochs: the same kind of geometry in
+    seconds, for the fast lane."""
     from fuserank.training.knobs import SearchSpace
     from fuserank.training.train import train
-    out = tmp_path_factory.mktemp("ranking") / "model"
-    manifest = train(sample_data, str(out), seed=0, space=SearchSpace(temperature=(), low_weight=(), positive_weight=()))
+    out = tmp_path_factory.mktemp(f"ranking-{request.param}") / "model"
+    if request.param == "served":
+        options = dict(space=SearchSpace(temperature=(), low_weight=(), positive_weight=()))
+    else:
+        options = dict(search=False, embedding_dim=32, epochs=6)
+    manifest = train(sample_data, str(out), seed=0, **options)
     return str(out), manifest
