@@ -1,13 +1,13 @@
 """Shared fixtures: a real redis-server, and the bundled 2020 sample ingested and trained once per session."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-import redis
 from hypothesis import Verbosity, settings
 
+from fuserank.config import environ
+from fuserank.redis_client import connect
 from fuserank.redis_server import LocalRedis
 
 # Randomised tests are reproducible: pytest.ini selects "ci" (derandomize: the same examples on every run,
@@ -26,7 +26,7 @@ ANIME_2016 = ROOT / "data/sample/mal2016/anime.csv"
 @pytest.fixture(scope="session")
 def redis_url():
     """$FUSERANK_TEST_REDIS_URL (the server .ci/run starts) or a redis-server started for this session."""
-    url = os.environ.get("FUSERANK_TEST_REDIS_URL")
+    url = environ().get("FUSERANK_TEST_REDIS_URL")
     if url:
         yield url
         return
@@ -50,7 +50,7 @@ def gcs_emulator(monkeypatch):
 
 @pytest.fixture
 def redis_client(redis_url):
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     client.flushdb()
     yield client
     client.flushdb()
