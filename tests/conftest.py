@@ -1,13 +1,13 @@
 """Shared fixtures: a real redis-server, and the bundled 2020 sample ingested and trained once per session."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-import redis
 from hypothesis import Verbosity, settings
 
+from fuserank.config import environ
+from fuserank.redis_client import connect
 from fuserank.redis_server import LocalRedis
 
 # Randomised tests are reproducible: pytest.ini selects "ci" (derandomize: the same examples on every run,
@@ -26,7 +26,7 @@ ANIME_2016 = ROOT / "data/sample/mal2016/anime.csv"
 @pytest.fixture(scope="session")
 def redis_url():
     """$FUSERANK_TEST_REDIS_URL (the server .ci/run starts) or a redis-server started for this session."""
-    url = os.environ.get("FUSERANK_TEST_REDIS_URL")
+    url = environ().get("FUSERANK_TEST_REDIS_URL")
     if url:
         yield url
         return
@@ -50,7 +50,7 @@ def gcs_emulator(monkeypatch):
 
 @pytest.fixture
 def redis_client(redis_url):
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     client.flushdb()
     yield client
     client.flushdb()
@@ -65,21 +65,28 @@ def sample_data(tmp_path_factory):
     return str(out)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", params=[pytest.param("seed", marks=pytest.mark.slow)])
 def trained_model(sample_data, tmp_path_factory):
-    """The seed's model trained on the 2020 sample (20 epochs max, early stopping), exported."""
+    """The seed's rating model trained on the 2020 sample (20 epochs max, early stopping), exported.
+    Its one parameter is marked slow, so every test that uses it is in the slow lane."""
     from fuserank.training.train import train
     out = tmp_path_factory.mktemp("model") / "model"
     manifest = train(sample_data, str(out), epochs=20, seed=0, objective="rating")
     return str(out), manifest
 
 
-@pytest.fixture(scope="session")
-def ranking_model(sample_data, tmp_path_factory):
-    """The served configuration: `fuserank train`'s default on the 2020 sample (the model knobs at their
-    defaults here, to keep the suite short: the hybrid's are still chosen on the validation split)."""
+@pytest.fixture(scope="session", params=["small", pytest.param("served", marks=pytest.mark.slow)])
+def ranking_model(request, sample_data, tmp_path_factory):
+    """A ranking-objective model on the 2020 sample. ``served``: `fuserank train`'s default (the model knobs
+    at their defaults to keep it short; the hybrid's still chosen on the validation split), slow.
+    ``small``: RANKING's knobs without the search, 32 dimensions, 6 epochs: the same kind of geometry in
+    seconds, for the fast lane."""
     from fuserank.training.knobs import SearchSpace
     from fuserank.training.train import train
-    out = tmp_path_factory.mktemp("ranking") / "model"
-    manifest = train(sample_data, str(out), seed=0, space=SearchSpace(temperature=(), low_weight=(), positive_weight=()))
+    out = tmp_path_factory.mktemp(f"ranking-{request.param}") / "model"
+    if request.param == "served":
+        options = dict(space=SearchSpace(temperature=(), low_weight=(), positive_weight=()))
+    else:
+        options = dict(search=False, embedding_dim=32, epochs=6)
+    manifest = train(sample_data, str(out), seed=0, **options)
     return str(out), manifest

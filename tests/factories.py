@@ -14,9 +14,10 @@ from fuserank.similarity import l2_normalise
 
 def empty_db(redis_url: str, db: int) -> str:
     """``redis_url`` pointed at database ``db`` of the same server, emptied: one database per test module."""
-    import redis
+    from fuserank.redis_client import connect
     url = redis_url.rsplit("/", 1)[0] + f"/{db}"
-    redis.Redis.from_url(url).flushdb()
+    with connect(url) as client:
+        client.flushdb()
     return url
 
 

@@ -17,14 +17,14 @@ def api_redis_url(redis_url):
 
 
 @pytest.fixture(scope="module")
-def published(trained_model, api_redis_url):
-    model_dir, _ = trained_model
+def published(ranking_model, api_redis_url):
+    model_dir, _ = ranking_model
     return precompute(model_dir, api_redis_url, HybridSettings())
 
 
 @pytest.fixture(scope="module")
-def client(trained_model, api_redis_url, published):
-    app = api_app(trained_model[0], api_redis_url)
+def client(ranking_model, api_redis_url, published):
+    app = api_app(ranking_model[0], api_redis_url)
     return app.test_client()
 
 
@@ -184,9 +184,9 @@ def test_health_and_readiness(client):
     assert ready.status_code == 200 and ready.get_json()["ready"] is True
 
 
-def test_not_ready_without_a_published_version(trained_model, redis_url):
+def test_not_ready_without_a_published_version(ranking_model, redis_url):
     empty = empty_db(redis_url, 3)
-    app = api_app(trained_model[0], empty)
+    app = api_app(ranking_model[0], empty)
     r = app.test_client().get("/readyz")
     assert r.status_code == 503 and r.get_json()["ready"] is False
     uid = int(app.extensions["fuserank"].model.user_ids[0])
@@ -349,7 +349,7 @@ def test_user_below_the_activity_threshold_is_folded_in_from_their_ratings(clien
     assert [i["anime_id"] for i in posted["items"]] == [i["anime_id"] for i in body["items"]]
 
 
-def test_low_activity_users_come_from_the_artifact_not_the_raw_file(trained_model, api_redis_url, published,
+def test_low_activity_users_come_from_the_artifact_not_the_raw_file(ranking_model, api_redis_url, published,
                                                                     tmp_path):
     """The ingest keeps below-threshold users' rows and the export ships them: the raw CSV can be gone."""
     import json
@@ -359,7 +359,7 @@ def test_low_activity_users_come_from_the_artifact_not_the_raw_file(trained_mode
     from tests.conftest import SAMPLE_2020
     import pandas as pd
     copy = tmp_path / "model"
-    shutil.copytree(trained_model[0], copy)
+    shutil.copytree(ranking_model[0], copy)
     manifest = json.loads((copy / art.MANIFEST).read_text())
     manifest["data"]["source"]["ratings"] = str(tmp_path / "gone.csv")
     (copy / art.MANIFEST).write_text(json.dumps(manifest))
@@ -378,10 +378,10 @@ def test_low_activity_users_come_from_the_artifact_not_the_raw_file(trained_mode
     assert body["source"] == "live" and len(body["items"]) == 5
 
 
-def test_routes_record_the_answer_source_for_metrics(trained_model, api_redis_url, published):
+def test_routes_record_the_answer_source_for_metrics(ranking_model, api_redis_url, published):
     """Through Flask's dispatch (the hot route reports the source itself: tests/test_hotpath.py)."""
     import flask
-    app = api_app(trained_model[0], api_redis_url, hot_route=False)
+    app = api_app(ranking_model[0], api_redis_url, hot_route=False)
     seen = []
     app.after_request(lambda r: seen.append((flask.g.get("answer_source"), flask.g.get("degraded"))) or r)
     c = app.test_client()

@@ -75,6 +75,7 @@ def test_examples_are_derandomised_by_default():
     assert settings.default.derandomize and FAST.derandomize
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_nothing(app):
     schema = schemathesis.openapi.from_wsgi("/openapi.json", app, config=SchemathesisConfig.from_dict(CONFIG))
     calls = {}

@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 
+import pytest
 import redis
 
 from fuserank.api.breaker import REDIS_RETRY_S
@@ -237,6 +238,7 @@ def _serve(model_dir: str, redis_url: str, port: int) -> subprocess.Popen:
     raise AssertionError("fuserank serve did not become ready")
 
 
+@pytest.mark.slow
 def test_gunicorn_under_load_survives_a_redis_restart(tmp_path):
     model_dir = random_artifact(tmp_path / "m", n_users=300, n_anime=200, seed=7)
     server = RedisProcess()

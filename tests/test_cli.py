@@ -52,6 +52,7 @@ def test_invalid_values_fail_naming_the_flag(argv, flag, capsys):
     assert flag in capsys.readouterr().err
 
 
+@pytest.mark.slow   # `fuserank train` in a child process imports TensorFlow
 def test_unknown_command_and_missing_inputs_are_clear_errors(tmp_path):
     r = run("frobnicate")
     assert r.returncode == 2 and "frobnicate" in r.stderr

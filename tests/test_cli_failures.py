@@ -145,6 +145,7 @@ def no_google_credentials(monkeypatch, tmp_path):
     storage._make_client.cache_clear()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", sorted(GCS))
 def test_gcs_without_credentials_is_one_line(command, tmp_path, redis_url, no_google_credentials, capsys):
     argv = [command, *[a.format(tmp=tmp_path, redis=redis_url) for a in GCS[command]]]

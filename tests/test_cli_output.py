@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 # Lines the libraries print on their own: TensorFlow's C++ banners, Keras' UserWarnings, Beam's notes, Comet.
 CHATTER = ("cpu_feature_guard", "oneDNN", "absl::InitializeLog", "UserWarning", "COMET ", "apache_beam", "apitools")
 

@@ -219,6 +219,7 @@ def wheel(tmp_path_factory) -> Path:
     return built
 
 
+@pytest.mark.slow
 def test_installed_package_carries_its_data_files(wheel):
     """What the images install is a built wheel, not this checkout: the files read at run time beside the code
     (kernel sources, schemas, web assets) must be in it."""
@@ -235,6 +236,7 @@ def import_checks(dockerfile: str) -> list[str]:
     return [cmd.strip() for rest in runs for cmd in rest.split("&&") if re.search(r'-c "import [^"]*\bfuserank\.', cmd)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_import_checks_cannot_be_shadowed_by_the_source_folder(dockerfile, wheel, tmp_path):
     """The build stage holds the source folder fuserank/ without api/, batch/, training/ (setup.py maps those in):
@@ -272,6 +274,7 @@ sys.meta_path.insert(0, Block())
 """
 
 
+@pytest.mark.slow
 def test_api_code_runs_without_the_training_stack(tmp_path, redis_client, redis_url):
     """What the API image runs (the init container's fetch-model, then create_app + /healthz + a live
     answer) with TensorFlow, Beam, DVC, Comet and matplotlib made unimportable."""

@@ -145,6 +145,7 @@ def pipeline(tmp_path_factory):
     return {"ws": ws, "env": env, "remote": remote, "target": target, "tmp": tmp}
 
 
+@pytest.mark.slow
 def test_repro_push_clear_pull_gives_identical_artifacts(pipeline):
     ws, env = pipeline["ws"], pipeline["env"]
     outputs = [DATA_DIR, TRAIN_DIR] + (
@@ -168,6 +169,7 @@ def test_repro_push_clear_pull_gives_identical_artifacts(pipeline):
     assert status == {}, status
 
 
+@pytest.mark.slow
 def test_changed_data_makes_ingest_stale(pipeline):
     ws, env = pipeline["ws"], pipeline["env"]
     ratings = ws / params()["ingest"]["ratings"]
@@ -198,6 +200,7 @@ def run_nightly_logged(pipeline, workdir: Path, redis_url: str, models_uri: Path
     return code, "\n".join(log)
 
 
+@pytest.mark.slow
 def test_nightly_refuses_a_worse_model_then_publishes_a_good_one(pipeline, redis_client, redis_url):
     if pipeline["target"] != "evaluate":
         pytest.skip("`fuserank evaluate` is not available yet: the gate has no evaluation to read")

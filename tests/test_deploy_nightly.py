@@ -96,6 +96,7 @@ def test_publish_refused_keeps_the_current_version(tmp_path, redis_client, redis
     assert not store.exists()
 
 
+@pytest.mark.slow
 def test_publish_accepted_stores_precomputes_and_the_api_fetches_it(tmp_path, redis_client, redis_url):
     model, version = evaluated_model(tmp_path / "model", ndcg=0.345)
     publish_published(redis_client, "m-published-aaaa", ndcg=0.35)

@@ -68,6 +68,7 @@ def steps(doc: dict) -> list[dict]:
     return [s for job in doc["jobs"].values() for s in job["steps"]]
 
 
+@pytest.mark.slow
 def test_actionlint_is_clean(actionlint):
     files = sorted(WORKFLOWS.glob("*.yml")) + sorted(WORKFLOWS.glob("*.yaml"))
     assert {f.name for f in files} >= {"ci.yml", "deploy.yml"}
@@ -77,6 +78,7 @@ def test_actionlint_is_clean(actionlint):
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.slow
 def test_actionlint_does_flag_a_broken_workflow(actionlint, tmp_path):
     bad = tmp_path / "bad.yml"
     bad.write_text("on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n"

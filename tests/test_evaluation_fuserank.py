@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 import scipy.sparse as sp
 
 from fuserank.evaluation.fuserank_methods import _split_arrays, artifact_for
@@ -49,6 +50,7 @@ def test_hide_removes_exactly_the_held_out_entries():
     assert out.toarray().tolist() == [[9, -1, 0, 0], [0, 5, 0, 0]]
 
 
+@pytest.mark.slow
 def test_comparison_cli_writes_the_table_and_chart(tmp_path):
     ratings = synthetic_ratings(tmp_path / "r.csv")
     out = tmp_path / "eval"

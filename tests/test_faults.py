@@ -18,6 +18,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 import redis
 
 from fuserank import keys
@@ -70,6 +71,7 @@ def assert_lists_complete(r: redis.Redis, model_dir: str, version: str) -> None:
     assert count_version_keys(r, version)[0] == {"users": model.n_users, "anime": model.n_anime}
 
 
+@pytest.mark.slow
 def test_sigkill_midway_keeps_the_previous_version_served_and_a_rerun_flips(tmp_path, redis_client, redis_url):
     model_a = random_artifact(tmp_path / "a", n_users=60, n_anime=40, seed=1)
     # B is big and scored one user per block, so it is still writing seconds after its first keys land
@@ -118,6 +120,7 @@ def test_sigkill_midway_keeps_the_previous_version_served_and_a_rerun_flips(tmp_
     assert_lists_complete(redis_client, model_a, va)            # previous kept for rollback
 
 
+@pytest.mark.slow
 def test_two_precomputes_at_once_never_expose_a_half_written_version(tmp_path, redis_client, redis_url):
     models = {}
     for name, n_users, n_anime, seed in (("x", 900, 90, 3), ("y", 800, 120, 4)):

@@ -30,6 +30,7 @@ def noisy_lows(n_users=240, n_items=120, seed=0):
     return rows
 
 
+@pytest.mark.slow
 def test_the_search_picks_what_scores_best_on_validation_and_the_artifact_records_it(tmp_path):
     """Low ratings here are noise (other groups' anime): a lower low-weight must win over counting them
     fully, the choice must be the best trial, and precompute/serve/evaluate resolve the recorded knobs."""

@@ -157,6 +157,7 @@ def test_requests_are_logged_only_when_sampled_or_at_debug_errors_always(api, mo
         api_app(model_dir, url, log_sample=1.5)
 
 
+@pytest.mark.slow
 def test_cli_precompute_logs_json_lines_with_the_model_version(api):
     """Every line of `LOG_FORMAT=json fuserank precompute` (Beam's included) is JSON and names the model."""
     model_dir, url, published = api

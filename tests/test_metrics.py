@@ -153,6 +153,7 @@ def _children(pid: int) -> set[int]:
         return {int(p) for p in fh.read().split()}
 
 
+@pytest.mark.slow
 def test_gunicorn_workers_are_summed_and_the_directory_removed(model_dir, metrics_redis, published, tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp_path), "LOG_FORMAT": "json", "FUSERANK_LOG_SAMPLE": "1"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)

@@ -45,12 +45,14 @@ def test_gunicorn_serves_named_recommendations(server, trained_model):
         assert get(f"{base}/v1/users/{uid}/recommendations?n=3")[0] == 200
 
 
+@pytest.mark.slow
 def test_sigint_stops_gunicorn(server):
     base, proc = server
     proc.send_signal(signal.SIGINT)
     assert proc.wait(20) == 0
 
 
+@pytest.mark.slow
 def test_no_control_socket_error_without_a_home(trained_model, redis_url, tmp_path):
     """The images run as a user whose $HOME (/nonexistent) cannot be created: gunicorn must not try to."""
     home = tmp_path / "home-is-a-file"

@@ -9,6 +9,8 @@ import pytest
 from fuserank.config import HybridSettings
 from tests.factories import precomputed_random, start_server, stop_server
 
+pytestmark = pytest.mark.slow
+
 SETTINGS = HybridSettings(top_n=10, neighbours=5)
 
 

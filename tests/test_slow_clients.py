@@ -10,6 +10,8 @@ import pytest
 
 from tests.factories import random_artifact, start_server, stop_server
 
+pytestmark = pytest.mark.slow
+
 HALF_OPEN = 64
 PROBES = 10
 PROBE_TIMEOUT_S = 2.0

@@ -261,6 +261,7 @@ def browser():
     driver.quit()
 
 
+@pytest.mark.slow
 def test_in_a_real_browser_load_search_rate_and_see_results(live_server, browser, sample_model):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
