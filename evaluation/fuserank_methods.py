@@ -16,6 +16,7 @@ from fuserank.artifacts import ModelArtifact
 from fuserank.config import RANKING, HybridSettings
 from fuserank.evaluation.protocol import Split, validation_split
 from fuserank.schemas.ingest import ANIME_COL, RATING_COL, USER_COL
+from fuserank.evaluation.scoring import HybridMethod, OwnScore, artifact_for
 from fuserank.scorer import HybridScorer
 from fuserank.similarity import l2_normalise
 
@@ -60,33 +61,6 @@ def train_embeddings(train: sp.csr_matrix, seed: int, options: TrainOptions) -> 
         best = int(np.argmin(result.history["val_loss"])) + 1
         result = fit(_split_arrays(train), None, train.shape[0], train.shape[1], epochs=best, **kw)
     return l2_normalise(result.user_embeddings), l2_normalise(result.anime_embeddings)
-
-
-def artifact_for(split: Split, user_emb: np.ndarray, anime_emb: np.ndarray) -> ModelArtifact:
-    lists = split.train.copy().astype(np.int8)
-    return ModelArtifact.from_arrays(user_emb, anime_emb, split.user_ids, split.item_ids, lists)
-
-
-class HybridMethod:
-    """The production scorer over one split; ``score`` gives dense scores for evaluate_model."""
-
-    def __init__(self, model: ModelArtifact, settings: HybridSettings, neighbours=None):
-        self.scorer = HybridScorer(model, settings, neighbours)
-
-    def score(self, users: np.ndarray) -> np.ndarray:
-        m = self.scorer.model
-        return self.scorer.combined_scores(m.user_emb[users], self.scorer.liked[users], m.lists[users],
-                                           np.asarray(users), include_adult=True)
-
-
-class OwnScore:
-    """The MF model ranking by its own score (cosine of the user and anime embeddings)."""
-
-    def __init__(self, model: ModelArtifact):
-        self.model = model
-
-    def score(self, users: np.ndarray) -> np.ndarray:
-        return self.model.user_emb[users] @ self.model.anime_emb.T
 
 
 class ServedPath:

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from fuserank.artifacts import HELDOUT_EMB, ModelArtifact
 from fuserank.config import HybridSettings
 from fuserank.evaluation.compare import evaluate_model
-from fuserank.evaluation.fuserank_methods import HybridMethod
+from fuserank.evaluation.scoring import HybridMethod
 from fuserank.evaluation.protocol import Split
 from fuserank.similarity import l2_normalise
 from fuserank.training.dataset import load_manifest, load_split

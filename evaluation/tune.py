@@ -20,7 +20,8 @@ import numpy as np
 from fuserank.config import HybridSettings
 from fuserank.evaluation import baselines as bl
 from fuserank.evaluation.compare import evaluate_model
-from fuserank.evaluation.fuserank_methods import HybridMethod, OwnScore, TrainOptions, artifact_for, train_embeddings
+from fuserank.evaluation.fuserank_methods import TrainOptions, train_embeddings
+from fuserank.evaluation.scoring import HybridMethod, OwnScore, artifact_for
 from fuserank.evaluation.protocol import Split, load_ratings, split, validation_split
 from fuserank.scorer import anime_neighbours
 

@@ -70,14 +70,9 @@ def cycles(graph: dict[str, set[str]]) -> list[str]:
             graph[cycle[1]].discard(cycle[0])
 
 
-@pytest.mark.parametrize("packages", [
-    ["fuserank"],
-    pytest.param(PACKAGES, marks=pytest.mark.xfail(strict=False, reason="training.train and evaluation."
-                 "fuserank_methods / model_eval import each other until the contracts part of #18 lands")),
-])
-def test_the_import_graph_has_no_cycle(packages):
+def test_the_import_graph_has_no_cycle():
     found = {name: tree for name, tree in modules().items()
-             if name in packages or name.rpartition(".")[0] in packages}
+             if name in PACKAGES or name.rpartition(".")[0] in PACKAGES}
     assert cycles({name: imports(name, tree, found) for name, tree in found.items()}) == []
 
 
@@ -87,8 +82,6 @@ def test_the_graph_sees_imports_inside_functions():
     assert "fuserank.publish" in imports("fuserank.inspect", found["fuserank.inspect"], found)
 
 
-@pytest.mark.xfail(strict=False, reason="the API (routes, service, server, metrics) reads os.environ and calls "
-                                        "Redis.from_url until the API part of #18 lands")
 def test_only_config_touches_the_environment_and_only_redis_client_makes_clients():
     found = modules()
     environ = where({n: t for n, t in found.items() if n != "fuserank.config"}, lambda node: (

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from fuserank.evaluation.fuserank_methods import _split_arrays, artifact_for
+from fuserank.evaluation.fuserank_methods import _split_arrays
+from fuserank.evaluation.scoring import artifact_for
 from fuserank.evaluation.model_eval import hide
 from fuserank.evaluation.protocol import load_ratings, split, validation_split
 

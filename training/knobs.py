@@ -94,7 +94,7 @@ class ValidationScorer:
 
     def score(self, user_emb: np.ndarray, anime_emb: np.ndarray, cells: list[HybridSettings]) -> list[float]:
         from fuserank.evaluation.compare import evaluate_model
-        from fuserank.evaluation.fuserank_methods import HybridMethod
+        from fuserank.evaluation.scoring import HybridMethod
         from fuserank.scorer import anime_neighbours
         model = ModelArtifact.from_arrays(l2_normalise(user_emb), l2_normalise(anime_emb), self.user_ids,
                                           self.anime_ids, self.lists)
