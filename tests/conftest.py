@@ -25,9 +25,10 @@ ANIME_2016 = ROOT / "data/sample/mal2016/anime.csv"
 
 @pytest.fixture(scope="session")
 def redis_url():
-    """$FUSERANK_TEST_REDIS_URL (the server .ci/run starts) or a redis-server started for this session."""
+    """$FUSERANK_TEST_REDIS_URL (the server .ci/run starts) or a redis-server started for this session.
+    Under pytest-xdist (``-n 2``) each worker starts its own: tests flush and number databases freely."""
     url = environ().get("FUSERANK_TEST_REDIS_URL")
-    if url:
+    if url and not environ().get("PYTEST_XDIST_WORKER"):
         yield url
         return
     with LocalRedis() as server:
@@ -67,7 +68,7 @@ def sample_data(tmp_path_factory):
 
 @pytest.fixture(scope="session", params=[pytest.param("seed", marks=pytest.mark.slow)])
 def trained_model(sample_data, tmp_path_factory):
-    """The seed's rating model trained on the 2020 sample (20 epochs max, early stopping), exported.
+    """The rating-regression model trained on the 2020 sample (20 epochs max, early stopping), exported.
     Its one parameter is marked slow, so every test that uses it is in the slow lane."""
     from fuserank.training.train import train
     out = tmp_path_factory.mktemp("model") / "model"

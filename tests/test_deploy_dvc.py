@@ -65,7 +65,8 @@ def test_params_yaml_holds_every_cli_tunable(command, sections):
     if command == "evaluate":
         flags -= EVALUATE_COMPARISON_ONLY
     if command == "serve":      # serving flags live in the Deployment (k8s/), the hybrid knobs here
-        flags -= {"--model", "--redis-url", "--host", "--port", "--workers", "--threads"}
+        flags -= {"--model", "--redis-url", "--host", "--port", "--workers", "--threads", "--worker-class",
+                  "--api-key", "--rate-limit", "--rate-window-s", "--models-uri", "--log-sample"}
     flags -= CHOSEN_BY_TRAIN
     keys_ = {f"--{k}" for s in sections for k in (params()[s] or {})}
     assert flags == keys_, {"flags without a params.yaml key": flags - keys_, "keys that are no flag": keys_ - flags}
