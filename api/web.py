@@ -1,4 +1,4 @@
-"""The web page at ``/`` (the seed's "Flask interface"): plain server-rendered HTML, no JavaScript needed.
+"""The web page at ``/`` (the card's "Flask interface"): plain server-rendered HTML, no JavaScript needed.
 
     GET  /                           a user id form, a search form and a few example users
     GET  /recommendations?user_id=ID that user's recommendations (the same service answer as the API:

@@ -332,8 +332,8 @@ def in_process(model_dir: str, redis_url: str, version: str, body_bytes: int, pa
 
 
 def hot_path_pieces(model_dir: str, version: str, stored: bytes, n_calls: int = 20_000) -> dict:
-    """µs of four steps of the request path, each as the code does it now (key ``code``) beside the way it
-    was done before session 10's mends (``before``) or an inline equivalent, from the same run."""
+    """µs of four steps of the request path, each as the code does it now (key ``code``) beside an earlier way
+    of doing it (``before``) or an inline equivalent, from the same run."""
     import timeit
     import numpy as np
     from flask import Flask, request

@@ -1,5 +1,6 @@
 """The API through Flask's test client, over a real Redis filled by the real precompute."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -167,7 +168,8 @@ def test_stored_and_live_answers_are_the_same_compact_json(client, model):
               client.post("/v1/recommendations", json={"ratings": [{"anime_id": 1, "rating": 9}]})):
         text = r.get_data(as_text=True)
         assert r.status_code == 200 and '", "' not in text and '": ' not in text, text[:200]
-        assert r.get_data().rstrip(b"\n") == json.dumps(r.get_json(), separators=(",", ":")).encode()
+        scores = re.findall(r'"score":(-?[0-9.e+-]+)', text)
+        assert scores and all(re.fullmatch(r"-?[0-9]+\.[0-9]{4}", s) for s in scores), scores  # one item encoder
 
 
 def test_similar_anime_names_the_anime_asked_about(client, model):
