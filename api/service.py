@@ -34,10 +34,10 @@ class RecommendationService:
         """``clock``: one fake clock for the breaker, the pointer's re-read, load retries and rate-limit
         windows (tests); default the real monotonic and wall clocks."""
         self.redis = redis_client.connect(settings.redis_url, "serve")
-        self.breaker = RedisBreaker(clock=clock or time.monotonic)
-        self.registry = ModelRegistry(settings.model, self.redis, settings.hybrid, settings.models_uri,
-                                      clock or time.monotonic)
-        self.limiter = RateLimiter(self.redis, self.breaker, clock or time.time)
+        monotonic, wall = (clock, clock) if clock else (time.monotonic, time.time)
+        self.breaker = RedisBreaker(clock=monotonic)
+        self.registry = ModelRegistry(settings.model, self.redis, settings.hybrid, settings.models_uri, monotonic)
+        self.limiter = RateLimiter(self.redis, self.breaker, wall)
         try:
             self.registry.refresh(load_now=True)   # at start (before gunicorn forks): load what the pointer names
         except redis.RedisError as exc:

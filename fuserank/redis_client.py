@@ -71,8 +71,3 @@ def connect(url: str, role: str = "command", **overrides) -> redis.Redis:
                    retry=Retry(NoBackoff(), spec.retries), health_check_interval=spec.health_check_interval)
     options.update(overrides)
     return redis.Redis.from_url(check_url(url), **options)
-
-
-def pool(url: str, role: str = "command", **overrides) -> redis.ConnectionPool:
-    """The connection pool ``connect`` would use, for a library that takes a pool rather than a client."""
-    return connect(url, role, **overrides).connection_pool

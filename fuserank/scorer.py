@@ -243,7 +243,6 @@ class HybridScorer:
         self.model = model
         self.settings = settings
         self.neighbour_idx, self.neighbour_sim = neighbours or anime_neighbours(model, settings.neighbours)
-        a = model.n_anime
         k = settings.stage2_neighbours or self.neighbour_idx.shape[1]
         self.graph = stage2_graph(self.neighbour_idx[:, :k], self.neighbour_sim[:, :k], settings.stage2_by_indegree)
         self.liked = model.liked_matrix(settings.like_threshold)

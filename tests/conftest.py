@@ -25,7 +25,7 @@ ANIME_2016 = ROOT / "data/sample/mal2016/anime.csv"
 
 @pytest.fixture(scope="session")
 def redis_url():
-    """$FUSERANK_TEST_REDIS_URL (the server .ci/run starts) or a redis-server started for this session.
+    """$FUSERANK_TEST_REDIS_URL (the server .ci/run starts) or a redis-server started for this test run.
     Under pytest-xdist (``-n 2``) each worker starts its own: tests flush and number databases freely."""
     url = environ().get("FUSERANK_TEST_REDIS_URL")
     if url and not environ().get("PYTEST_XDIST_WORKER"):
