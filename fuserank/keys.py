@@ -11,6 +11,8 @@ precompute never overwrites what is being served; one pointer names the version 
     fuserank:v:{version}:meta        -> hash: model_version, settings, counts, written_at, state
     fuserank:v:{version}:u:{user_id} -> user's hybrid top-N
     fuserank:v:{version}:a:{anime_id} -> anime's nearest neighbours
+    fuserank:feedback:events         -> stream: every acknowledged feedback write (fuserank.feedback)
+    fuserank:feedback:u:{user_id}    -> hash: anime_id -> the user's latest feedback entry
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ PREVIOUS = f"{PREFIX}:previous"
 VERSIONS = f"{PREFIX}:versions"
 SUPPRESSED = f"{PREFIX}:suppressed"   # set of user ids that asked to be forgotten
 RATE_LIMIT = f"{PREFIX}:ratelimit"    # the API's fixed-window POST counters
+FEEDBACK_EVENTS = f"{PREFIX}:feedback:events"
 _VERSION_HEAD = f"{PREFIX}:v:"
 _SEGMENTS = {"u": "user", "a": "anime"}
 
@@ -42,6 +45,10 @@ def user(version: str, user_id: int) -> str:
 
 def anime(version: str, anime_id: int) -> str:
     return f"{PREFIX}:v:{version}:a:{int(anime_id)}"
+
+
+def feedback_user(user_id: int) -> str:
+    return f"{PREFIX}:feedback:u:{int(user_id)}"
 
 
 def version_pattern(version: str) -> str:
