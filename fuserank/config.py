@@ -257,8 +257,8 @@ class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 2
-    threads: int = 4
-    worker_class: str | None = None          # None: chosen by fuserank.api.server from ``threads``
+    threads: int = 4                         # per gthread worker (the other worker classes have none)
+    worker_class: str | None = None          # None: fuserank.api.server.DEFAULT_WORKER_CLASS (gevent)
     api_key: tuple[str, ...] = ()            # empty: the POSTs that fold a new user in are open
     rate_limit: int = 60                     # POST /v1/recommendations per client and window; 0 = off
     rate_window_s: int = 60
