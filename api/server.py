@@ -10,11 +10,13 @@ Worker model: ``gevent`` (2 workers, up to ``WORKER_CONNECTIONS`` connections ea
 buffering proxy in front, and a thread-per-connection worker is held by any client that sends part of its
 headers and then nothing: with gthread (2 x 4 threads) 8 such sockets stop the API. A gevent worker holds
 each of them as a greenlet waiting on its socket and keeps answering everyone else (tests/test_slow_clients.py,
-benchmarks/bench_slow_clients.py). It also costs no throughput or latency against the floor on
-benchmarks/bench_serving.py (figures in benchmarks/README.md "Serving"): requests here are CPU-bound and short,
-and one event loop per core with kept-alive connections does less per request than threads handing off the GIL.
-gunicorn's gevent worker monkey-patches each worker after the fork; CPU-bound background work (a model load)
-runs on gevent's native thread pool (api.registry) so that it does not stop the worker's answers.
+benchmarks/bench_slow_clients.py). It also meets the serving targets against the floor on
+benchmarks/bench_serving.py, saturated and paced (figures in benchmarks/README.md "Serving").
+Each gevent worker listens on its own ``SO_REUSEPORT`` socket (gunicorn's ``reuse_port``), so the kernel
+spreads connections across workers; on one shared socket the event loop that wakes first accepts most of
+the kept-alive connections and the other core idles. gunicorn's gevent worker
+monkey-patches each worker after the fork; a model load runs on an OS thread (api.registry), not as a
+greenlet that would stop the worker's answers until it is done.
 ``gthread`` (``--threads`` per worker) and ``sync`` remain for comparison.
 
 Requests gunicorn itself refuses before the app sees them (a request line over ``LIMIT_REQUEST_LINE``, too
@@ -122,6 +124,14 @@ def _child_exit(server, worker):
         multiprocess.mark_process_dead(worker.pid)
 
 
+def _worker_exit(server, worker):
+    """A worker is leaving: collect what ``gc.freeze()`` kept, while every module still works. Left to the
+    interpreter's teardown, a gevent worker's dropped logging handlers are collected after gevent's thread
+    module is gone, and each prints a traceback on stderr instead of a log line."""
+    gc.unfreeze()
+    gc.collect()
+
+
 def worker_class(requested: str | None = None) -> str:
     chosen = requested or DEFAULT_WORKER_CLASS
     if chosen not in WORKER_CLASSES:
@@ -135,9 +145,11 @@ def gunicorn_options(host: str, port: int, workers: int, threads: int, klass: st
                "worker_class": json_error_worker(klass), "limit_request_line": LIMIT_REQUEST_LINE,
                "preload_app": True, "timeout": 30, "graceful_timeout": 10, "keepalive": 5, "accesslog": None,
                "loglevel": "warning", "logger_class": RootLogger, "child_exit": _child_exit,
-               "control_socket_disable": True}
+               "worker_exit": _worker_exit, "control_socket_disable": True}
     if klass == "gevent":
-        options["worker_connections"] = WORKER_CONNECTIONS
+        # Each worker listens on its own SO_REUSEPORT socket, so the kernel spreads connections evenly: on a
+        # shared socket, one event loop that wakes first accepts most of the kept-alive connections.
+        options.update(worker_connections=WORKER_CONNECTIONS, reuse_port=True)
     return options
 
 
