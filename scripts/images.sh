@@ -196,7 +196,7 @@ say "batch run done in $((SECONDS - start)) s"
 
 docker run -d --name "$RUN_ID-api" --network "$NET" "${SECURE[@]}" -v "$RUN_ID-work:/data:ro" \
   -e REDIS_URL="$REDIS_URL" "$API_IMAGE" \
-  serve --model /data/model --host 0.0.0.0 --port 8000 --workers 2 --threads 4 >/dev/null
+  serve --model /data/model --host 0.0.0.0 --port 8000 --workers 2 >/dev/null
 start=$SECONDS
 health=starting
 while [ $((SECONDS - start)) -lt 240 ]; do

@@ -222,6 +222,7 @@ def test_api_and_init_command_lines_parse(overlay, monkeypatch):
     assert api["command"] == ["fuserank"] and cli.main(argv) == 0
     (s,) = called["serve"]
     assert (s.model, s.host, s.port) == ("/model", "0.0.0.0", 8000) and s.workers >= 1 and s.threads >= 1
+    assert s.worker_class is None, "the pod runs `fuserank serve`'s default worker class, as the tests do"
     # the live path scores with the knobs the lists were precomputed (and evaluated) with
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert s.hybrid == settings_of(params["hybrid"])
