@@ -10,8 +10,9 @@ Worker model: ``gevent`` (2 workers, up to ``WORKER_CONNECTIONS`` connections ea
 buffering proxy in front, and a thread-per-connection worker is held by any client that sends part of its
 headers and then nothing: with gthread (2 x 4 threads) 8 such sockets stop the API. A gevent worker holds
 each of them as a greenlet waiting on its socket and keeps answering everyone else (tests/test_slow_clients.py,
-benchmarks/bench_slow_clients.py). It also meets the serving targets against the floor on
-benchmarks/bench_serving.py, saturated and paced (figures in benchmarks/README.md "Serving").
+benchmarks/bench_slow_clients.py). On benchmarks/bench_serving.py it keeps gthread's throughput
+against the floor and a shorter paced tail, with a longer tail at saturation (each worker is one event loop
+serving its connections in turn; figures in benchmarks/README.md "Serving").
 Each gevent worker listens on its own ``SO_REUSEPORT`` socket (gunicorn's ``reuse_port``), so the kernel
 spreads connections across workers; on one shared socket the event loop that wakes first accepts most of
 the kept-alive connections and the other core idles. gunicorn's gevent worker

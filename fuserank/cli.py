@@ -180,7 +180,7 @@ def serve_parser() -> SettingsParser:
     p.add_argument("--host", default=d.host)
     p.add_argument("--port", type=int_in(1, 65535), default=d.port)
     p.add_argument("--workers", type=int_in(1, 64), default=d.workers)
-    p.add_argument("--threads", type=int_in(1, 256), default=d.threads)
+    p.add_argument("--threads", type=int_in(1, 256), default=d.threads, help="threads per worker with --worker-class gthread")
     p.add_argument("--worker-class", choices=["sync", "gthread", "gevent"], default=d.worker_class,
                    help="gunicorn worker class; default: gevent (slow clients hold a greenlet, not a thread)")
     p.add_argument("--api-key", type=str_list, default=d.api_key,
