@@ -40,7 +40,7 @@ from flask import Response, g, request
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from fuserank import keys
+from fuserank.redis_client import layout
 from fuserank.config import environment
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -74,8 +74,9 @@ class ListVersionCollector:
             if time.monotonic() - read_at < PUBLISH_TIME_TTL_S:
                 return published, written
             try:
+                k = layout(self.service.redis)
                 with self.service.redis.pipeline(transaction=False) as pipe:
-                    score, raw = pipe.zscore(keys.VERSIONS, version).hget(keys.meta(version), "written_at").execute()
+                    score, raw = pipe.zscore(k.versions, version).hget(k.meta(version), "written_at").execute()
                 published = float(score) if score is not None else None
                 written = float(raw) if raw is not None else None
                 self._times = {version: (time.monotonic(), published, written)}

@@ -28,6 +28,7 @@ from fuserank import keys, storage
 from fuserank.api.filters import name_masks
 from fuserank.artifacts import ModelArtifact, read_manifest
 from fuserank.config import HybridSettings
+from fuserank.redis_client import layout
 from fuserank.scorer import HybridScorer
 
 log = logging.getLogger("fuserank.api")
@@ -174,8 +175,8 @@ class ModelRegistry:
             return          # another thread is refreshing: this answer uses the view as it is
         try:
             with self.redis.pipeline(transaction=False) as pipe:
-                current, previous, members = pipe.get(keys.CURRENT).get(keys.PREVIOUS).smembers(
-                    keys.SUPPRESSED).execute()
+                k = layout(self.redis)
+                current, previous, members = pipe.get(k.current).get(k.previous).smembers(k.suppressed).execute()
             self.suppressed = frozenset(int(m) for m in members if m.isdigit())
             current = current.decode() if current is not None else None
             previous = previous.decode() if previous is not None else None
@@ -191,7 +192,7 @@ class ModelRegistry:
             self._lock.release()
 
     def _read_meta(self, version: str) -> dict:
-        model_version, model_uri, settings = self.redis.hmget(keys.meta(version), "model_version", "model_uri",
+        model_version, model_uri, settings = self.redis.hmget(layout(self.redis).meta(version), "model_version", "model_uri",
                                                               "settings")
         out = {"model_version": model_version.decode() if model_version else None,
                "model_uri": model_uri.decode() if model_uri else None, "settings": self.settings}
@@ -211,7 +212,7 @@ class ModelRegistry:
             self._invalid_logged = pointer.current
             log.error("%s names %r, which is no list version in Redis (no meta naming a model); still serving "
                       "list version %s with model %s: point it at a published version (fuserank publish / "
-                      "rollback)", keys.CURRENT, pointer.current[:200], self.view.list_version,
+                      "rollback)", layout(self.redis).current, pointer.current[:200], self.view.list_version,
                       self.view.bundle.version)
 
     def _wanted(self) -> list[tuple[str, tuple]]:

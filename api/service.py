@@ -33,7 +33,7 @@ class RecommendationService:
     def __init__(self, settings: ServeSettings, clock=None):
         """``clock``: one fake clock for the breaker, the pointer's re-read, load retries and rate-limit
         windows (tests); default the real monotonic and wall clocks."""
-        self.redis = redis_client.connect(settings.redis_url, "serve")
+        self.redis = redis_client.connect(redis_client.Target(settings.redis_url, settings.redis_cluster), "serve")
         monotonic, wall = (clock, clock) if clock else (time.monotonic, time.time)
         self.breaker = RedisBreaker(clock=monotonic)
         self.registry = ModelRegistry(settings.model, self.redis, settings.hybrid, settings.models_uri, monotonic)

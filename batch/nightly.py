@@ -28,7 +28,7 @@ import redis
 
 from fuserank import config, logs, storage
 from fuserank.errors import FuseRankError
-from fuserank.redis_client import connect
+from fuserank.redis_client import Target, connect
 
 from fuserank.batch.dvc_step import LOCK, PARAMS, RELEASE_DIR, dvc, prepare_workspace
 from fuserank.batch.gate import DEFAULT_MARGIN, load_evaluation, margin_of, published_evaluation, quality_gate
@@ -60,6 +60,11 @@ class NightlySettings:
     push: bool = True
     out: str | None = None                   # fetch-model
     wait_s: float = 0.0
+    redis_cluster: bool = False              # redis_url names a node of a Redis Cluster
+
+    @property
+    def redis(self) -> Target:
+        return Target(self.redis_url, self.redis_cluster)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "NightlySettings":
@@ -106,14 +111,14 @@ def publish(settings: NightlySettings, model_dir: str | None = None, params: dic
     ``settings.params`` file, when there is one)."""
     if params is None:
         params = config.load_params(settings.params) if os.path.isfile(settings.params) else {}
-    return publish_if_better(model_dir or settings.model, settings.redis_url, margin=margin_of(params, settings.margin),
+    return publish_if_better(model_dir or settings.model, settings.redis, margin=margin_of(params, settings.margin),
                              precompute_params=precompute_params_of(params), models_uri=settings.models_uri,
                              beam_args=settings.beam_args, restart=settings.restart, run=run)
 
 
 def print_gate(settings: NightlySettings) -> int:
     new = load_evaluation(settings.model)
-    with connect(settings.redis_url, "command") as client:
+    with connect(settings.redis, "command") as client:
         served, published = published_evaluation(client)
     ok, reason = quality_gate(new, published, margin_of({}, settings.margin))
     print(json.dumps({"ok": ok, "reason": reason, "served": served, "new": new, "published": published}))
@@ -148,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help: str, model: bool = False, publishing: bool = True):
         sp = sub.add_parser(name, help=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         _option(sp, "--redis-url", "redis_url", "Redis URL", required=True)
+        cluster = config.env_value("redis_cluster")
+        sp.add_argument("--redis-cluster", action="store_true",
+                        default=config.parse_bool(*cluster) if cluster else False,
+                        help="--redis-url names a node of a Redis Cluster [env: $FUSERANK_REDIS_CLUSTER]")
         if model:
             sp.add_argument("--model", required=True, help="evaluated model directory (has evaluation.json)")
         if publishing:
@@ -198,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = NightlySettings.from_args(args)
         if args.command == "fetch-model":
-            fetch_published_model(settings.redis_url, settings.models_uri, settings.out, wait_s=settings.wait_s)
+            fetch_published_model(settings.redis, settings.models_uri, settings.out, wait_s=settings.wait_s)
             return EXIT_OK
         return {"gate": print_gate, "publish": publish, "run": run_nightly}[args.command](settings)
     except (FuseRankError, redis.RedisError, OSError) as exc:

@@ -26,7 +26,7 @@ import redis
 from fuserank import keys, logs
 from fuserank.privacy import suppressed
 from fuserank.publish import PublishError, current_version
-from fuserank.redis_client import connect
+from fuserank.redis_client import connect, layout
 from fuserank.artifacts import ModelArtifact
 from fuserank.config import HybridSettings
 from fuserank.batch.redis_io import PublishFn, WriteListsFn
@@ -187,7 +187,7 @@ def check_published(client: redis.Redis, version: str) -> str | None:
     served = current_version(client)
     if served == version:
         return None
-    if client.zscore(keys.VERSIONS, version) is None:   # the flip adds it there in the same transaction
+    if client.zscore(layout(client).versions, version) is None:   # the flip adds it there in the same transaction
         raise PublishError(f"pipeline finished but the current list version is {served}, not {version}")
     log.warning("list version %s was published, then replaced by %s (another precompute finished after it)",
                 version, served)

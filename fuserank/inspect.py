@@ -24,7 +24,7 @@ from fuserank import keys
 from fuserank.errors import FuseRankError
 from fuserank.failures import Tried, explain
 from fuserank.publish import SCAN_COUNT, current_version, read_meta, scan_version
-from fuserank.redis_client import connect
+from fuserank.redis_client import connect, get_many, layout, target
 from fuserank.settings_parser import SettingsParser, int_in, redis_url_flag
 
 PIPELINE_BATCH = 500    # MEMORY USAGE / GET commands per pipeline
@@ -65,7 +65,7 @@ def load_names(model_dir: str) -> tuple[dict[int, str], str]:
 
 
 def _published(r: redis.Redis) -> dict[str, float]:
-    return {m.decode(): s for m, s in r.zrange(keys.VERSIONS, 0, -1, withscores=True)}
+    return {m.decode(): s for m, s in r.zrange(layout(r).versions, 0, -1, withscores=True)}
 
 
 def _pointer(r: redis.Redis, key: str) -> str | None:
@@ -74,12 +74,13 @@ def _pointer(r: redis.Redis, key: str) -> str | None:
 
 
 def _version_known(r: redis.Redis, version: str) -> bool:
-    return bool(r.exists(keys.meta(version))) or r.zscore(keys.VERSIONS, version) is not None
+    k = layout(r)
+    return bool(r.exists(k.meta(version))) or r.zscore(k.versions, version) is not None
 
 
 def _known_versions(r: redis.Redis) -> list[str]:
     found = set(_published(r))
-    for k in r.scan_iter(match=keys.meta("*"), count=SCAN_COUNT):
+    for k in r.scan_iter(match=layout(r).meta_pattern(), count=SCAN_COUNT):
         p = keys.parse_key(k)
         if p:
             found.add(p["version"])
@@ -91,7 +92,7 @@ def resolve_version(r: redis.Redis, version: str | None = None) -> str:
     if version is None:
         current = current_version(r)
         if current is None:
-            raise InspectError(f"no published list version in Redis ({keys.CURRENT} is not set): "
+            raise InspectError(f"no published list version in Redis ({layout(r).current} is not set): "
                                "run `fuserank precompute` first, or pass --version")
         return current
     if not _version_known(r, version) and next(iter(scan_version(r, version)), None) is None:
@@ -160,7 +161,7 @@ def list_versions(r: redis.Redis, memory: bool = True) -> list[dict]:
     all keys, and the summed ``MEMORY USAGE`` of its keys (pipelined). Oldest first.
     """
     published = _published(r)
-    current, previous = current_version(r), _pointer(r, keys.PREVIOUS)
+    current, previous = current_version(r), _pointer(r, layout(r).previous)
     stats: dict[str, dict] = {v: {"users": 0, "anime": 0, "meta": 0, "keys": 0, "memory_bytes": 0}
                               for v in published}
 
@@ -292,7 +293,7 @@ def sample_keys(r: redis.Redis, n: int, version: str | None = None, names: dict 
     out = []
     for start in range(0, len(picked), PIPELINE_BATCH):
         chunk = picked[start:start + PIPELINE_BATCH]
-        for k, raw in zip(chunk, r.mget(chunk)):
+        for k, raw in zip(chunk, get_many(r, chunk)):
             if raw is None:      # deleted since it was seen
                 continue
             p = keys.parse_key(k)
@@ -449,7 +450,7 @@ def run_inspect(a) -> None:
         names, model_version = load_names(a.model)
     elif a.what != "versions":
         notes.append("anime names are not stored in Redis: showing ids only (pass --model MODEL_DIR to name them)")
-    client = connect(a.redis_url)
+    client = connect(target(a.redis_url, a.redis_cluster))
     try:
         if a.what == "user":
             result = inspect_user(client, a.user_id, a.version, names)

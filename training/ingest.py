@@ -186,9 +186,10 @@ def _check_args(out, min_user_ratings, seed, chunk_rows):
 
 # ---------------------------------------------------------------- suppression (fuserank forget)
 
-def load_suppressed(redis_url: str | None = None, path: str | None = None) -> tuple[frozenset[int], list[str]]:
-    """User ids to leave out of the ingest, from ``fuserank:suppressed`` in Redis and/or a file of
-    one id per line (blank lines and ``#`` comments allowed); returns (ids, sources read).
+def load_suppressed(redis_url=None, path: str | None = None) -> tuple[frozenset[int], list[str]]:
+    """User ids to leave out of the ingest, from ``fuserank:suppressed`` in Redis (``redis_url``: a URL or a
+    fuserank.redis_client.Target) and/or a file of one id per line (blank lines and ``#`` comments allowed);
+    returns (ids, sources read).
 
     An unreachable Redis is an error, never "nobody to suppress".
     """
@@ -201,16 +202,19 @@ def load_suppressed(redis_url: str | None = None, path: str | None = None) -> tu
         import redis
 
         from fuserank.privacy import suppressed
-        from fuserank.redis_client import connect
-        client = connect(redis_url)
+        from fuserank.redis_client import connect, target
+        where = target(redis_url)
+        client = None
         try:
+            client = connect(where)
             ids |= suppressed(client)
         except (redis.RedisError, ValueError) as exc:
-            why = explain(exc, Tried(redis_url=redis_url)) or f"{type(exc).__name__}: {exc}"
+            why = explain(exc, Tried(redis_url=where.url)) or f"{type(exc).__name__}: {exc}"
             raise FuseRankError(f"cannot read the suppression list ({why}); "
                                 "refusing to ingest users who may have asked to be forgotten") from exc
         finally:
-            client.close()
+            if client is not None:
+                client.close()
         sources.append("redis")
     return frozenset(ids), sources
 
