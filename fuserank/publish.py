@@ -297,7 +297,7 @@ def remove_version(r: redis.Redis, version: str, batch_size: int = UNLINK_BATCH,
             return None
     if not flush():
         return None
-    if not _guarded(r, version, lambda pipe: pipe.unlink(meta_key).zrem(k.versions, version)):
+    if not _guarded(r, version, lambda pipe: (pipe.unlink(meta_key), pipe.zrem(k.versions, version))):
         return None
     return removed + had_meta
 
