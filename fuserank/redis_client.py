@@ -56,10 +56,6 @@ class Target:
     url: str
     cluster: bool = False
 
-    @property
-    def layout(self) -> keys.Layout:
-        return keys.CLUSTER if self.cluster else keys.SINGLE
-
 
 def target(url: "str | Target", cluster: bool = False) -> Target:
     """``url`` as a Target (a Target is returned as it is)."""
