@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
@@ -29,15 +28,14 @@ from fuserank import keys
 from fuserank.artifacts import ModelArtifact
 from fuserank.batch.redis_io import WriteListsFn
 from fuserank.cli import main, resolve
-from fuserank.config import HybridSettings
 from fuserank.publish import count_version_keys, current_version, previous_version, read_meta
 from fuserank.redis_client import Target, connect, layout
 from fuserank.redis_server import free_port
 from fuserank.training.ingest import load_suppressed
 from tests.cluster import LocalCluster
+from tests.test_api_redis_outage import SETTINGS, _serve
 from tests.factories import api_app, random_artifact
 
-SETTINGS = HybridSettings(top_n=10, neighbours=5)
 FLAGS = ["--top-n", str(SETTINGS.top_n), "--neighbours", str(SETTINGS.neighbours)]
 
 
@@ -291,23 +289,6 @@ def _get(url: str) -> tuple[int, dict, float]:
         return r.status, json.loads(r.read()), time.monotonic() - t0
 
 
-def _serve(model_dir: str, target: Target, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "fuserank", "serve", "--model", model_dir, "--redis-url", target.url,
-                             "--redis-cluster", "--port", str(port), "--workers", "2", "--threads", "4", *FLAGS],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "FUSERANK_RATE_LIMIT": "0"})
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-        try:
-            if _get(f"http://127.0.0.1:{port}/readyz")[0] == 200:
-                return proc
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("fuserank serve did not become ready")
-
-
 @pytest.mark.slow
 def test_a_primary_killed_under_load_fails_over_without_errors(tmp_path):
     model_dir = random_artifact(tmp_path / "m", n_users=300, n_anime=200, seed=7)
@@ -318,7 +299,7 @@ def test_a_primary_killed_under_load_fails_over_without_errors(tmp_path):
         victim = cluster.owner(keys.CLUSTER.current)        # the pointers' primary: the hardest one to lose
         probe_user = next(int(u) for u in model.user_ids if cluster.owner(keys.user(version, u)) == victim)
         port = free_port()
-        proc = _serve(model_dir, cluster.target, port)
+        proc = _serve(model_dir, cluster.url, port, "--redis-cluster")
         base = f"http://127.0.0.1:{port}"
         try:
             script = tmp_path / "load.lua"
