@@ -25,6 +25,7 @@ from fuserank.inspect import inspect_parser, run_inspect
 from fuserank.redis_client import connect
 from fuserank.settings_parser import (LAYERS_TEXT, SettingsParser, allow_eviction_flag, hybrid_flags, int_in,
                                       int_list, masked, number_in, redis_url_flag, shown, str_list)
+from fuserank.settings_parser import redis_url as redis_url_type
 
 log = logging.getLogger("fuserank")
 DEBUG_FLAG = "--debug"         # anywhere on the command line: failures keep their traceback
@@ -72,15 +73,30 @@ def ingest_parser() -> SettingsParser:
     redis_url_flag(p, required=False, help="leave out users forgotten with `fuserank forget` (the fuserank:suppressed "
                                            "set); an unreachable Redis fails the ingest")
     p.add_argument("--suppressed-file", help="also leave out the user ids in this file (one per line; # comments)")
+    p.add_argument("--feedback", dest="feedback_url", type=redis_url_type, default=None,
+                   help="Redis URL of the feedback store: merge what users wrote through the API (newer than the "
+                        "files: it wins on duplicates) and carry over --out's earlier feedback; forgotten users are "
+                        "left out")
+    p.add_argument("--feedback-until", default=None, metavar="STREAM_ID",
+                   help="drain the feedback stream up to this id (default: its last id; the nightly job pins it)")
     return p
 
 
 def run_ingest(a) -> None:
     from fuserank.training.ingest import ingest, load_suppressed
     suppressed, sources = load_suppressed(redis_url=a.redis_url, path=a.suppressed_file)
+    rows = None
+    if a.feedback_url:
+        from fuserank.training.feedback_source import drain
+        more, _ = load_suppressed(redis_url=a.feedback_url)
+        suppressed, sources = suppressed | more, [*sources, "feedback redis"]
+        with _redis(a.feedback_url) as client:
+            rows = drain(client, a.out, a.feedback_until, suppressed)
+    elif a.feedback_until:
+        raise FuseRankError("--feedback-until needs --feedback URL")
     manifest = ingest(a.ratings, a.out, anime=a.anime, min_user_ratings=a.min_user_ratings, seed=a.seed,
-                      lenient=a.lenient, suppressed=suppressed, suppression_sources=sources)
-    print(json.dumps(manifest["counts"], indent=2))
+                      lenient=a.lenient, suppressed=suppressed, suppression_sources=sources, feedback=rows)
+    print(json.dumps({**manifest["counts"], **({"feedback": manifest["feedback"]} if rows else {})}, indent=2))
 
 
 def train_parser() -> SettingsParser:

@@ -13,6 +13,9 @@ precompute never overwrites what is being served; one pointer names the version 
     fuserank:v:{version}:a:{anime_id} -> anime's nearest neighbours
     fuserank:feedback:events         -> stream: every acknowledged feedback write (fuserank.feedback)
     fuserank:feedback:u:{user_id}    -> hash: anime_id -> the user's latest feedback entry
+    fuserank:feedback:trimmed        -> hash: stream (every id below it was trimmed), index (entries <= it removed)
+    fuserank:online:daily            -> hash: "{list_version}|{day}" -> online evaluation figures (JSON)
+    fuserank:online:lock             -> held (SET NX EX) by the API worker refreshing the online figures
 """
 from __future__ import annotations
 
@@ -27,6 +30,9 @@ VERSIONS = f"{PREFIX}:versions"
 SUPPRESSED = f"{PREFIX}:suppressed"   # set of user ids that asked to be forgotten
 RATE_LIMIT = f"{PREFIX}:ratelimit"    # the API's fixed-window POST counters
 FEEDBACK_EVENTS = f"{PREFIX}:feedback:events"
+FEEDBACK_TRIMMED = f"{PREFIX}:feedback:trimmed"
+ONLINE_DAILY = f"{PREFIX}:online:daily"
+ONLINE_LOCK = f"{PREFIX}:online:lock"
 _VERSION_HEAD = f"{PREFIX}:v:"
 _SEGMENTS = {"u": "user", "a": "anime"}
 

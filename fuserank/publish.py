@@ -26,6 +26,7 @@ import time
 import redis
 
 from fuserank import keys
+from fuserank.feedback import trim_after_publish
 from fuserank.errors import FuseRankError
 
 log = logging.getLogger("fuserank.publish")
@@ -141,9 +142,11 @@ def _flip(r: redis.Redis, version: str) -> str | None:
                 pipe.set(keys.CURRENT, version)
                 pipe.zadd(keys.VERSIONS, {version: time.time()})
                 pipe.execute()
-                return previous
+                break
             except redis.WatchError:
                 continue
+    trim_after_publish(r)
+    return previous
 
 
 def current_version(r: redis.Redis) -> str | None:
