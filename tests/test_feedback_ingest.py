@@ -117,3 +117,34 @@ def test_a_publish_trims_only_what_current_and_previous_hold(redis_client):
     publish.publish_version(redis_client, "v3")                # v3 and v2 both hold up to ids[2]
     assert feedback.user_entries(redis_client, 1)[11]["rating"] == 9 and not feedback.user_entries(redis_client, 2)
     assert redis_client.xlen(keys.FEEDBACK_EVENTS) == 4        # the stream keeps the evaluation window
+
+
+def test_the_nightly_job_points_the_ingest_at_the_feedback_store(redis_client, redis_url, tmp_path, monkeypatch):
+    """run_nightly pins ingest.feedback-until in the workspace's params.yaml (DVC reruns the ingest on new
+    feedback) and hands the URL to `dvc repro` through the environment only; the ingest reads it from there."""
+    from subprocess import CompletedProcess
+
+    from fuserank.batch.nightly import NightlySettings, run_nightly
+    from fuserank.config import environ, load_params
+    from tests.conftest import ROOT
+    ids = feedback.append(redis_client, [Event("rating", 1, 10, rating=1)])
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def run(cmd, **kw):
+        if "repro" in cmd:
+            seen.update(env=environ().get("FUSERANK_FEEDBACK_URL"), params=load_params(str(kw["cwd"] + "/params.yaml")))
+            raise Stop
+        return CompletedProcess(cmd, 0)
+    monkeypatch.delenv("FUSERANK_FEEDBACK_URL", raising=False)
+    with pytest.raises(Stop):
+        run_nightly(NightlySettings(redis_url, project=str(ROOT), workdir=str(tmp_path / "ws"), pull=False,
+                                    push=False), run=run)
+    assert seen["env"] == redis_url and seen["params"]["ingest"]["feedback-until"] == ids[0]
+    assert "FUSERANK_FEEDBACK_URL" not in environ() and redis_url not in (tmp_path / "ws" / "params.yaml").read_text()
+    monkeypatch.setenv("FUSERANK_FEEDBACK_URL", redis_url)
+    assert main(["ingest", "--ratings", _csv(tmp_path / "r.csv"), "--out", str(tmp_path / "data"),
+                 "--min-user-ratings", "3"]) in (0, None)
+    assert json.loads((tmp_path / "data" / S.MANIFEST).read_text())["feedback_until"] == ids[0]
