@@ -16,6 +16,8 @@ precompute never overwrites what is being served; one pointer names the version 
     fuserank:feedback:trimmed        -> hash: stream (every id below it was trimmed), index (entries <= it removed)
     fuserank:online:daily            -> hash: "{list_version}|{day}" -> online evaluation figures (JSON)
     fuserank:online:lock             -> held (SET NX EX) by the API worker refreshing the online figures
+    fuserank:feedback:fresh:{user_id} -> hash: the user's fresh list and the feedback it was built from
+    fuserank:web:secret              -> the web page's CSRF signing secret, shared by every API pod
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ FEEDBACK_EVENTS = f"{PREFIX}:feedback:events"
 FEEDBACK_TRIMMED = f"{PREFIX}:feedback:trimmed"
 ONLINE_DAILY = f"{PREFIX}:online:daily"
 ONLINE_LOCK = f"{PREFIX}:online:lock"
+WEB_SECRET = f"{PREFIX}:web:secret"
 _VERSION_HEAD = f"{PREFIX}:v:"
 _SEGMENTS = {"u": "user", "a": "anime"}
 
@@ -55,6 +58,10 @@ def anime(version: str, anime_id: int) -> str:
 
 def feedback_user(user_id: int) -> str:
     return f"{PREFIX}:feedback:u:{int(user_id)}"
+
+
+def feedback_fresh(user_id: int) -> str:
+    return f"{PREFIX}:feedback:fresh:{int(user_id)}"
 
 
 def version_pattern(version: str) -> str:
