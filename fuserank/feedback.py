@@ -248,7 +248,7 @@ def backlog(client, now=time.time) -> dict:
 
 
 def forget_user(client, user_id: int, page: int = 10_000) -> dict:
-    """Delete every event of ``user_id`` from the stream (XDEL, page by page) and their index."""
+    """Delete every event of ``user_id`` from the stream (XDEL, page by page), their index and their fresh list."""
     removed = 0
     batch: list[str] = []
     for event in read(client, page=page):
@@ -259,4 +259,5 @@ def forget_user(client, user_id: int, page: int = 10_000) -> dict:
             batch = []
     if batch:
         removed += int(client.xdel(keys.FEEDBACK_EVENTS, *batch))
-    return {"events_deleted": removed, "index_deleted": int(client.delete(keys.feedback_user(user_id)))}
+    return {"events_deleted": removed, "index_deleted": int(client.delete(keys.feedback_user(user_id))),
+            "fresh_deleted": int(client.delete(keys.feedback_fresh(user_id)))}
