@@ -62,6 +62,16 @@ def _redis(url: str):
 
 
 # -- pipeline --------------------------------------------------------------------------------------
+def _stream_id(text: str) -> str:
+    from fuserank.feedback import id_key
+    try:
+        id_key(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a stream id <ms>-<seq> (e.g. 1700000000000-0), got {text!r}") \
+            from None
+    return text
+
+
 def ingest_parser() -> SettingsParser:
     p = SettingsParser("fuserank ingest", description="Stream MyAnimeList CSVs (local or gs://) into training Parquet.")
     p.add_argument("--ratings", required=True, help="rating_complete.csv, animelist.csv or 2016 rating.csv")
@@ -77,7 +87,7 @@ def ingest_parser() -> SettingsParser:
                    help="Redis URL of the feedback store: merge what users wrote through the API (newer than the "
                         "files: it wins on duplicates) and carry over --out's earlier feedback; forgotten users are "
                         "left out")
-    p.add_argument("--feedback-until", default=None, metavar="STREAM_ID",
+    p.add_argument("--feedback-until", type=_stream_id, default=None, metavar="STREAM_ID",
                    help="drain the feedback stream up to this id (default: its last id; the nightly job pins it)")
     return p
 

@@ -148,3 +148,18 @@ def test_the_nightly_job_points_the_ingest_at_the_feedback_store(redis_client, r
     assert main(["ingest", "--ratings", _csv(tmp_path / "r.csv"), "--out", str(tmp_path / "data"),
                  "--min-user-ratings", "3"]) in (0, None)
     assert json.loads((tmp_path / "data" / S.MANIFEST).read_text())["feedback_until"] == ids[0]
+
+
+def test_bad_feedback_flags_are_named(redis_client, redis_url, tmp_path, capsys):
+    ratings = _csv(tmp_path / "r.csv")
+    with pytest.raises(SystemExit):
+        main(["ingest", "--ratings", ratings, "--out", str(tmp_path / "d"), "--feedback", redis_url,
+              "--feedback-until", "yesterday"])
+    assert "--feedback-until: expected a stream id" in capsys.readouterr().err
+    assert main(["ingest", "--ratings", ratings, "--out", str(tmp_path / "d"), "--feedback-until", "1-0"]) == 2
+    assert "--feedback-until needs --feedback" in capsys.readouterr().err
+    feedback.append(redis_client, [Event("rating", 1, 10, rating=1)])
+    assert main(["ingest", "--ratings", ratings, "--out", str(tmp_path / "d"), "--feedback", redis_url,
+                 "--feedback-until", "99999999999999-0"]) == 2
+    assert "the feedback stream's last id is" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
