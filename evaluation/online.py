@@ -98,10 +98,14 @@ def stored(client) -> dict[tuple[str, str], Figures]:
 
 
 def figures(client, now: float | None = None) -> dict[tuple[str, str], Figures]:
-    """Stored figures, with every day that is not final yet recomputed from the stream (read-only)."""
+    """Stored figures, with every day that is not final yet recomputed from the stream (read-only): a day not
+    final has all its events still in the stream (``feedback.STREAM_KEEP_S`` > ``WINDOW_S`` + a day)."""
     now = time.time() if now is None else now
     result = stored(client)
-    for key, fresh in evaluate(feedback.read(client), now).items():
+    computed = evaluate(feedback.read(client), now)
+    for key in [k for k, f in result.items() if not f.final and k not in computed]:
+        del result[key]           # all its events were deleted (`fuserank forget`): the stream keeps the rest
+    for key, fresh in computed.items():
         if not (key in result and result[key].final):
             result[key] = fresh
     return result
@@ -115,6 +119,9 @@ def refresh(client, now: float | None = None) -> dict[tuple[str, str], Figures]:
                if (v, d) not in kept or not kept[(v, d)].final}
     if changed:
         client.hset(keys.ONLINE_DAILY, mapping=changed)
+    gone = [f"{v}|{d}" for v, d in kept if (v, d) not in result]
+    if gone:
+        client.hdel(keys.ONLINE_DAILY, *gone)
     return result
 
 

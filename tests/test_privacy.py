@@ -42,6 +42,7 @@ def test_forget_removes_the_user_s_feedback_and_no_export_holds_them(tmp_path, r
 
     from fuserank import feedback
     from fuserank.cli import main
+    from fuserank.evaluation import online
     from fuserank.feedback import Event
     from fuserank.schemas import ingest as S
     ratings = tmp_path / "r.csv"
@@ -53,6 +54,8 @@ def test_forget_removes_the_user_s_feedback_and_no_export_holds_them(tmp_path, r
     assert main(["ingest", "--ratings", str(ratings), "--out", str(out), "--min-user-ratings", "3",
                  "--feedback", redis_url]) in (0, None)
     assert 77 in pq.read_table(out / "low_activity.parquet").column("user_id").to_pylist()
+    online.refresh(redis_client)                                     # their impression counted, not final
+    assert online.by_version(online.stored(redis_client))["v"]["total"]["lists"] == 1
     capsys.readouterr()
     assert main(["forget", "--redis-url", redis_url, "--user", "2"]) in (0, None)
     assert main(["forget", "--redis-url", redis_url, "--user", "77"]) in (0, None)
@@ -70,3 +73,5 @@ def test_forget_removes_the_user_s_feedback_and_no_export_holds_them(tmp_path, r
     capsys.readouterr()
     assert main(["inspect", "online", "--redis-url", redis_url, "--json"]) in (0, None)
     assert json.loads(capsys.readouterr().out)["versions"] == {}     # their impression went with them
+    online.refresh(redis_client)
+    assert online.stored(redis_client) == {}
