@@ -22,6 +22,7 @@ setup(
         "scipy>=1.11",
         "redis>=5",
         "flask>=3",
+        "flask-wtf>=1.2",
         "gunicorn>=25.1",
         "prometheus-client>=0.20",
         "google-cloud-storage>=2.14",

@@ -21,6 +21,8 @@ ZSCORE + HGET per version per minute, never per request::
     fuserank_list_version_age_seconds                               now - written (published if unknown): alert on it
     fuserank_list_pointer_valid                                     0 while fuserank:current names no list version
 
+The feedback backlog and the online evaluation's gauges: fuserank.api.feedback_metrics.
+
 Multiprocess: prometheus_client's own mode, chosen by it from ``PROMETHEUS_MULTIPROC_DIR`` when it is first
 imported (fuserank.api.server exports a fresh directory before that and removes it at exit; each dead
 worker is marked with ``mark_process_dead``): every worker writes its values to files there and
@@ -40,6 +42,7 @@ from flask import Response, g, request
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from fuserank.api.feedback_metrics import FeedbackCollector
 from fuserank.redis_client import layout
 from fuserank.config import environment
 
@@ -133,6 +136,7 @@ class ApiMetrics:
                                        ["error"], registry=reg)
         self.versions = ListVersionCollector(service)
         self.registry.register(self.versions)
+        self.registry.register(FeedbackCollector(service))   # backlog and online evaluation (its own module)
         if self.multiprocess:
             MultiProcessCollector(self.registry)     # registers itself: each scrape sums the workers' files
         self._children: dict[tuple, tuple] = {}

@@ -110,6 +110,7 @@ class View:
 
     bundle: Bundle
     list_version: str | None
+    feedback_until: str = "0-0"     # the last feedback stream id the list version holds (fuserank.feedback)
 
 
 @dataclass
@@ -192,10 +193,11 @@ class ModelRegistry:
             self._lock.release()
 
     def _read_meta(self, version: str) -> dict:
-        model_version, model_uri, settings = self.redis.hmget(layout(self.redis).meta(version), "model_version", "model_uri",
-                                                              "settings")
+        model_version, model_uri, settings, until = self.redis.hmget(layout(self.redis).meta(version), "model_version",
+                                                                     "model_uri", "settings", "feedback_until")
         out = {"model_version": model_version.decode() if model_version else None,
-               "model_uri": model_uri.decode() if model_uri else None, "settings": self.settings}
+               "model_uri": model_uri.decode() if model_uri else None, "settings": self.settings,
+               "feedback_until": until.decode() if until else "0-0"}
         if settings:
             try:
                 out["settings"] = HybridSettings.from_dict(json.loads(settings))
@@ -241,11 +243,12 @@ class ModelRegistry:
         for version, key in wanted:
             bundle = self._bundles.get(key)
             if bundle is not None:
-                view = View(bundle, version)
+                view = View(bundle, version, (self.pointer.meta.get(version) or {}).get("feedback_until") or "0-0")
                 break
         else:
             view = View(self.view.bundle, None)
-        if view.bundle is not self.view.bundle or view.list_version != self.view.list_version:
+        if view.bundle is not self.view.bundle or view.list_version != self.view.list_version \
+                or view.feedback_until != self.view.feedback_until:
             log.info("serving list version %s with model %s (pointer: current %s, previous %s)",
                      view.list_version, view.bundle.version, self.pointer.current, self.pointer.previous)
             self.view = view

@@ -161,6 +161,8 @@ def build(p: beam.Pipeline, model_dir: str, redis_url: str, settings: HybridSett
             "n_users": model.n_users, "n_anime": model.n_anime,
             # where the API loads this version's model from when the pointer moves to it (fuserank.api.registry)
             "model_uri": model_dir if str(model_dir).startswith("gs://") else os.path.abspath(model_dir)}
+    # the feedback the model's data holds (fuserank.feedback): the API's fresh lists start after it
+    meta.update({k: model.manifest[k] for k in ("feedback_until", "feedback_added") if k in model.manifest})
     evaluation = os.path.join(model_dir, "evaluation.json")
     if os.path.exists(evaluation):
         with open(evaluation) as fh:

@@ -25,6 +25,7 @@ from fuserank.inspect import inspect_parser, run_inspect
 from fuserank.redis_client import Target, connect
 from fuserank.settings_parser import (LAYERS_TEXT, SettingsParser, allow_eviction_flag, hybrid_flags, int_in,
                                       int_list, masked, number_in, redis_url_flag, shown, str_list)
+from fuserank.settings_parser import redis_url as redis_url_type
 
 log = logging.getLogger("fuserank")
 DEBUG_FLAG = "--debug"         # anywhere on the command line: failures keep their traceback
@@ -69,6 +70,16 @@ def _redis(where: Target):
 
 
 # -- pipeline --------------------------------------------------------------------------------------
+def _stream_id(text: str) -> str:
+    from fuserank.feedback import id_key
+    try:
+        id_key(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a stream id <ms>-<seq> (e.g. 1700000000000-0), got {text!r}") \
+            from None
+    return text
+
+
 def ingest_parser() -> SettingsParser:
     p = SettingsParser("fuserank ingest", description="Stream MyAnimeList CSVs (local or gs://) into training Parquet.")
     p.add_argument("--ratings", required=True, help="rating_complete.csv, animelist.csv or 2016 rating.csv")
@@ -80,15 +91,30 @@ def ingest_parser() -> SettingsParser:
     redis_url_flag(p, required=False, help="leave out users forgotten with `fuserank forget` (the fuserank:suppressed "
                                            "set); an unreachable Redis fails the ingest")
     p.add_argument("--suppressed-file", help="also leave out the user ids in this file (one per line; # comments)")
+    p.add_argument("--feedback", dest="feedback_url", type=redis_url_type, default=None,
+                   help="Redis URL of the feedback store: merge what users wrote through the API (newer than the "
+                        "files: it wins on duplicates) and carry over --out's earlier feedback; forgotten users are "
+                        "left out")
+    p.add_argument("--feedback-until", type=_stream_id, default=None, metavar="STREAM_ID",
+                   help="drain the feedback stream up to this id (default: its last id; the nightly job pins it)")
     return p
 
 
 def run_ingest(a) -> None:
     from fuserank.training.ingest import ingest, load_suppressed
     suppressed, sources = load_suppressed(redis_url=_target(a), path=a.suppressed_file)
+    rows = None
+    if a.feedback_url:
+        from fuserank.training.feedback_source import drain
+        more, _ = load_suppressed(redis_url=Target(a.feedback_url, a.redis_cluster))
+        suppressed, sources = suppressed | more, [*sources, "feedback redis"]
+        with _redis(Target(a.feedback_url, a.redis_cluster)) as client:
+            rows = drain(client, a.out, a.feedback_until, suppressed)
+    elif a.feedback_until:
+        raise FuseRankError("--feedback-until needs --feedback URL")
     manifest = ingest(a.ratings, a.out, anime=a.anime, min_user_ratings=a.min_user_ratings, seed=a.seed,
-                      lenient=a.lenient, suppressed=suppressed, suppression_sources=sources)
-    print(json.dumps(manifest["counts"], indent=2))
+                      lenient=a.lenient, suppressed=suppressed, suppression_sources=sources, feedback=rows)
+    print(json.dumps({**manifest["counts"], **({"feedback": manifest["feedback"]} if rows else {})}, indent=2))
 
 
 def train_parser() -> SettingsParser:

@@ -8,6 +8,8 @@ Importable functions return plain dicts/lists; ``format_*`` turn them into align
     list_versions(r)                                     every list version: state, key counts, memory
     diff_user(r, user_id, against, version=None, names=None)  how a user's list changed between versions
     sample_keys(r, n, version=None, names=None)          n random list keys of a version, decoded
+    online_report(r, version=None)                       online evaluation per list version and day, and the
+                                                         feedback backlog (fuserank.evaluation.online)
 
 Every key comes from fuserank.keys; ``parse_key`` reads one back (version, kind, id).
 """
@@ -320,7 +322,7 @@ def format_table(headers: list[str], rows: list[list], right: set[int] | None = 
 
 
 def _score(s):
-    return None if s is None else f"{s:.4f}"
+    return "-" if s is None else f"{s:.4f}"
 
 
 def _because(reasons: dict | None) -> str:
@@ -415,6 +417,32 @@ def format_sample(sample: list[dict], with_names: bool, preview: int = 3) -> str
         headers, rows, right={2, len(headers) - 2})
 
 
+def online_report(r: redis.Redis, version: str | None = None) -> dict:
+    """The feedback backlog and each list version's online figures, in total and per day (stored days, with
+    those not final yet recomputed from the stream; nothing is written)."""
+    from fuserank import feedback
+    from fuserank.evaluation import online
+    versions = online.by_version(online.figures(r), version)
+    if version is not None and not versions:
+        raise InspectError(f"no impressions of list version {version} in the feedback store")
+    return {"backlog": feedback.backlog(r), "versions": versions}
+
+
+def format_online(d: dict) -> str:
+    backlog = d["backlog"]
+    age = backlog["oldest_age_s"]
+    lines = [f"feedback backlog: {backlog['events']} events" + (f", oldest {age:.0f}s" if age is not None else ""), ""]
+    rows = []
+    for version, entry in d["versions"].items():
+        for day, f in [("total", entry["total"]), *entry["days"].items()]:
+            rows.append([version if day == "total" else "", day, f["lists"], f["clicked"], f["hits"],
+                         _score(f["click_share"]), _score(f["hit_rate_at_10"]), "yes" if f["final"] else "no"])
+    if not rows:
+        return "\n".join(lines + ["no impressions in the feedback store"])
+    return "\n".join(lines) + format_table(["list version", "day", "lists", "clicked", "hits", "click share",
+                                            "hit rate@10", "final"], rows, right={2, 3, 4, 5, 6})
+
+
 # -- the command ------------------------------------------------------------------------------------
 def inspect_parser() -> SettingsParser:
     p = SettingsParser("fuserank inspect", description="Look at the lists precompute stored in a live Redis "
@@ -439,6 +467,8 @@ def inspect_parser() -> SettingsParser:
     s.add_argument("--against", required=True, help="the older list version to compare with")
     add("sample", "N random list keys of a version, decoded, to eyeball").add_argument(
         "n", type=int_in(1, 10000), metavar="N")
+    add("online", "online evaluation per list version and day (served lists, click share, hit rate@10) and "
+        "the feedback backlog", named=False)
     return p
 
 
@@ -448,7 +478,7 @@ def run_inspect(a) -> None:
     notes = []
     if getattr(a, "model", None):
         names, model_version = load_names(a.model)
-    elif a.what != "versions":
+    elif a.what not in ("versions", "online"):
         notes.append("anime names are not stored in Redis: showing ids only (pass --model MODEL_DIR to name them)")
     client = connect(target(a.redis_url, a.redis_cluster))
     try:
@@ -461,6 +491,9 @@ def run_inspect(a) -> None:
         elif a.what == "versions":
             result = list_versions(client)
             text = format_versions(result)
+        elif a.what == "online":
+            result = online_report(client, a.version)
+            text = format_online(result)
         elif a.what == "diff":
             result = diff_user(client, a.user_id, a.against, a.version, names)
             text = format_diff(result, names is not None)

@@ -13,6 +13,11 @@ precompute never overwrites what is being served; one pointer names the version 
     fuserank:v:{version}:a:{anime_id} -> anime's nearest neighbours
     fuserank:feedback:events         -> stream: every acknowledged feedback write (fuserank.feedback)
     fuserank:feedback:u:{user_id}    -> hash: anime_id -> the user's latest feedback entry
+    fuserank:feedback:trimmed        -> hash: stream (every id below it was trimmed), index (entries <= it removed)
+    fuserank:online:daily            -> hash: "{list_version}|{day}" -> online evaluation figures (JSON)
+    fuserank:online:lock             -> held (SET NX EX) by the API worker refreshing the online figures
+    fuserank:feedback:fresh:{user_id} -> hash: the user's fresh list and the feedback it was built from
+    fuserank:web:secret              -> the web page's CSRF signing secret, shared by every API pod
 
 Those are the single-node names (the module's constants and ``meta`` / ``user`` / ``anime``). A Redis
 Cluster uses ``Layout(cluster=True)``: what the publish changes or checks atomically (current, previous,
@@ -36,6 +41,10 @@ VERSIONS = f"{PREFIX}:versions"
 SUPPRESSED = f"{PREFIX}:suppressed"   # set of user ids that asked to be forgotten
 RATE_LIMIT = f"{PREFIX}:ratelimit"    # the API's fixed-window POST counters
 FEEDBACK_EVENTS = f"{PREFIX}:feedback:events"
+FEEDBACK_TRIMMED = f"{PREFIX}:feedback:trimmed"
+ONLINE_DAILY = f"{PREFIX}:online:daily"
+ONLINE_LOCK = f"{PREFIX}:online:lock"
+WEB_SECRET = f"{PREFIX}:web:secret"
 _VERSION_HEAD = f"{PREFIX}:v:"
 _SEGMENTS = {"u": "user", "a": "anime"}
 
@@ -58,6 +67,10 @@ def anime(version: str, anime_id: int) -> str:
 
 def feedback_user(user_id: int) -> str:
     return f"{PREFIX}:feedback:u:{int(user_id)}"
+
+
+def feedback_fresh(user_id: int) -> str:
+    return f"{PREFIX}:feedback:fresh:{int(user_id)}"
 
 
 def version_pattern(version: str) -> str:

@@ -32,6 +32,7 @@ import time
 import redis
 
 from fuserank import keys
+from fuserank.feedback import trim_after_publish
 from fuserank.errors import FuseRankError
 from fuserank.redis_client import layout
 
@@ -153,9 +154,11 @@ def _flip(r: redis.Redis, version: str) -> str | None:
                 pipe.set(k.current, version)
                 pipe.zadd(k.versions, {version: time.time()})
                 pipe.execute()
-                return previous
+                break
             except redis.WatchError:
                 continue
+    trim_after_publish(r)
+    return previous
 
 
 def current_version(r: redis.Redis) -> str | None:
