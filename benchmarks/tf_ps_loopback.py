@@ -3,7 +3,7 @@ sharded over two parameter servers, one worker and a coordinator, each its own p
 ``TF_CONFIG`` (as on Vertex AI / GKE, where each replica gets its own ``TF_CONFIG``).
 
     python -u benchmarks/tf_ps_loopback.py                   # 2 ps + 1 worker + chief, ~1 min
-    python -u benchmarks/tf_ps_loopback.py --workers 2 --steps 60
+    python -u benchmarks/tf_ps_loopback.py --workers 2 --steps 100
 
 The chief (coordinator) builds a matrix-factorisation model: a user and an anime embedding table, each a
 ``ShardedVariable`` split row-wise by ``FixedShardsPartitioner`` over the ps tasks, and schedules SGD steps
@@ -55,7 +55,8 @@ def chief(steps: int) -> dict:
         init = tf.random_normal_initializer(stddev=0.1, seed=0)
         user_emb = tf.Variable(init([USERS, DIM]), name="user_embedding")
         anime_emb = tf.Variable(init([ANIME, DIM]), name="anime_embedding")
-    shards = {v.name: [(s.device, s.shape.as_list()) for s in v.variables] for v in (user_emb, anime_emb)}
+    shards = {name: [(s.device, s.shape.as_list()) for s in v.variables]
+              for name, v in (("user_embedding", user_emb), ("anime_embedding", anime_emb))}
 
     rng = np.random.default_rng(0)
     true_u = rng.normal(0, 1, (USERS, 4)).astype(np.float32)
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ps", type=int, default=2)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--role", choices=["serve", "chief"], help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.role == "serve":
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
         return 1
     result = {**json.loads(out.strip().splitlines()[-1]), "cluster": cluster,
               "wall_s_with_start": round(time.perf_counter() - t0, 1)}
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result))
     return 0
 
 
