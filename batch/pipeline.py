@@ -216,6 +216,8 @@ def precompute(model_dir: str, redis_url: str, settings: HybridSettings | None =
         from fuserank.artifacts import localise, read_manifest
         settings = HybridSettings.for_model(read_manifest(localise(model_dir)))
     t0 = time.time()
+    if not str(model_dir).startswith("gs://"):
+        model_dir = os.path.abspath(model_dir)  # workers in other processes, with another cwd, find it too
     scorer = load_scorer(model_dir, settings)   # shared with the DoFns on the in-process runner
     model = scorer.model
     options, runner = pipeline_options(beam_args)

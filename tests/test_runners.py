@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -103,9 +104,12 @@ class CommandLog:
 
 
 def precompute_cli(model_dir: str, url: str, beam_args: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "fuserank", "precompute", "--model", model_dir, "--redis-url", url,
+    """``fuserank precompute`` as a user runs it, from the model's parent folder with a relative ``--model``
+    (the dask workers run elsewhere: the job must hand them an absolute path)."""
+    model = Path(model_dir)
+    cmd = [sys.executable, "-m", "fuserank", "precompute", "--model", model.name, "--redis-url", url,
            "--top-n", "10", "--neighbours", "5", "--block-size", "8", "--", *beam_args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=model.parent)
     assert proc.returncode == 0, proc.stderr[-5000:]
     return json.loads(proc.stdout)
 
@@ -126,7 +130,9 @@ def run(model_dir: str, redis_url: str, runner: str, beam_args: list[str]) -> di
 
 @pytest.fixture(scope="module")
 def in_process(model, redis_url):
-    return run(model, redis_url, "in-process", [])
+    yield run(model, redis_url, "in-process", [])
+    for db in DB.values():
+        empty_db(redis_url, db)
 
 
 def is_list_key(key: str) -> bool:
