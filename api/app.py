@@ -12,6 +12,8 @@ from flask import Flask
 
 from fuserank import logs
 from fuserank.api import errors, metrics, web
+from fuserank.api.admin import admin
+from fuserank.api.feedback import feedback
 from fuserank.api.hotpath import HotRoute
 from fuserank.api.routes import health, recommendations
 from fuserank.api.service import RecommendationService
@@ -46,6 +48,8 @@ def create_app(settings: ServeSettings, *, service: RecommendationService | None
     app.extensions["fuserank_settings"] = settings
     app.register_blueprint(recommendations)
     app.register_blueprint(health)
+    app.register_blueprint(admin)
+    app.register_blueprint(feedback)
     web.register(app)
     errors.register(app)
     recorder = metrics.install(app, service, settings.log_sample) if instrument else None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import current_app, jsonify, render_template, request
+from flask import jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 log = logging.getLogger("fuserank.api")
@@ -79,7 +79,7 @@ def register(app) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         if isinstance(exc, RequestEntityTooLarge):
-            limit = current_app.config.get("MAX_CONTENT_LENGTH")
+            limit = request.max_content_length
             return _body(413, f"request body too large: the limit is {limit} bytes", parameter="body")
         if exc.code is None or exc.code >= 500:
             log.error("HTTP %s: %s", exc.code, exc.description)

@@ -21,6 +21,8 @@ ZSCORE + HGET per version per minute, never per request::
     fuserank_list_version_age_seconds                               now - written (published if unknown): alert on it
     fuserank_list_pointer_valid                                     0 while fuserank:current names no list version
 
+The feedback backlog and the online evaluation's gauges: fuserank.api.feedback_metrics.
+
 Multiprocess: prometheus_client's own mode, chosen by it from ``PROMETHEUS_MULTIPROC_DIR`` when it is first
 imported (fuserank.api.server exports a fresh directory before that and removes it at exit; each dead
 worker is marked with ``mark_process_dead``): every worker writes its values to files there and
@@ -40,7 +42,8 @@ from flask import Response, g, request
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from fuserank import keys
+from fuserank.api.feedback_metrics import FeedbackCollector
+from fuserank.redis_client import layout
 from fuserank.config import environment
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -77,8 +80,9 @@ class ListVersionCollector:
         if not self._lock.acquire(blocking=False):
             return published, written
         try:
+            k = layout(self.service.redis)
             with self.service.redis.pipeline(transaction=False) as pipe:
-                score, raw = pipe.zscore(keys.VERSIONS, version).hget(keys.meta(version), "written_at").execute()
+                score, raw = pipe.zscore(k.versions, version).hget(k.meta(version), "written_at").execute()
             published = float(score) if score is not None else None
             written = float(raw) if raw is not None else None
             self._times = {version: (time.monotonic(), published, written)}
@@ -137,6 +141,7 @@ class ApiMetrics:
                                        ["error"], registry=reg)
         self.versions = ListVersionCollector(service)
         self.registry.register(self.versions)
+        self.registry.register(FeedbackCollector(service))   # backlog and online evaluation (its own module)
         if self.multiprocess:
             MultiProcessCollector(self.registry)     # registers itself: each scrape sums the workers' files
         self._children: dict[tuple, tuple] = {}

@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import sys
 import threading
 import time
 import weakref
@@ -26,9 +25,11 @@ import numpy as np
 
 from fuserank import artifacts as art
 from fuserank import keys, storage
+from fuserank.api.background import start_native_thread
 from fuserank.api.filters import name_masks
 from fuserank.artifacts import ModelArtifact, read_manifest
 from fuserank.config import HybridSettings
+from fuserank.redis_client import layout
 from fuserank.scorer import HybridScorer
 
 log = logging.getLogger("fuserank.api")
@@ -36,20 +37,6 @@ log = logging.getLogger("fuserank.api")
 POINTER_TTL_S = 1.0         # the pointer and the suppression set are re-read at most this often
 LOAD_RETRY_S = 60.0         # a model version that failed to load is tried again after this long
 _UNREAD = object()
-
-
-def start_native_thread(target, *args, name: str) -> None:
-    """Runs ``target(*args)`` on an OS thread, also in a gevent worker.
-
-    gevent's monkey-patching makes ``threading.Thread`` a greenlet, and a model load (file reads and CPU,
-    no socket waits) would then stop every answer of its worker until it is done; gevent's original
-    ``start_new_thread`` gives it a thread of its own, as under the other worker classes.
-    """
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None and monkey.is_module_patched("threading"):
-        monkey.get_original("_thread", "start_new_thread")(target, args)
-    else:
-        threading.Thread(target=target, args=args, daemon=True, name=name).start()
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,6 +111,7 @@ class View:
 
     bundle: Bundle
     list_version: str | None
+    feedback_until: str = "0-0"     # the last feedback stream id the list version holds (fuserank.feedback)
 
 
 @dataclass
@@ -189,8 +177,8 @@ class ModelRegistry:
             return          # another thread is refreshing: this answer uses the view as it is
         try:
             with self.redis.pipeline(transaction=False) as pipe:
-                current, previous, members = pipe.get(keys.CURRENT).get(keys.PREVIOUS).smembers(
-                    keys.SUPPRESSED).execute()
+                k = layout(self.redis)
+                current, previous, members = pipe.get(k.current).get(k.previous).smembers(k.suppressed).execute()
             self.suppressed = frozenset(int(m) for m in members if m.isdigit())
             current = current.decode() if current is not None else None
             previous = previous.decode() if previous is not None else None
@@ -206,10 +194,11 @@ class ModelRegistry:
             self._lock.release()
 
     def _read_meta(self, version: str) -> dict:
-        model_version, model_uri, settings = self.redis.hmget(keys.meta(version), "model_version", "model_uri",
-                                                              "settings")
+        model_version, model_uri, settings, until = self.redis.hmget(layout(self.redis).meta(version), "model_version",
+                                                                     "model_uri", "settings", "feedback_until")
         out = {"model_version": model_version.decode() if model_version else None,
-               "model_uri": model_uri.decode() if model_uri else None, "settings": self.settings}
+               "model_uri": model_uri.decode() if model_uri else None, "settings": self.settings,
+               "feedback_until": until.decode() if until else "0-0"}
         if settings:
             try:
                 out["settings"] = HybridSettings.from_dict(json.loads(settings))
@@ -226,7 +215,7 @@ class ModelRegistry:
             self._invalid_logged = pointer.current
             log.error("%s names %r, which is no list version in Redis (no meta naming a model); still serving "
                       "list version %s with model %s: point it at a published version (fuserank publish / "
-                      "rollback)", keys.CURRENT, pointer.current[:200], self.view.list_version,
+                      "rollback)", layout(self.redis).current, pointer.current[:200], self.view.list_version,
                       self.view.bundle.version)
 
     def _wanted(self) -> list[tuple[str, tuple]]:
@@ -255,11 +244,12 @@ class ModelRegistry:
         for version, key in wanted:
             bundle = self._bundles.get(key)
             if bundle is not None:
-                view = View(bundle, version)
+                view = View(bundle, version, (self.pointer.meta.get(version) or {}).get("feedback_until") or "0-0")
                 break
         else:
             view = View(self.view.bundle, None)
-        if view.bundle is not self.view.bundle or view.list_version != self.view.list_version:
+        if view.bundle is not self.view.bundle or view.list_version != self.view.list_version \
+                or view.feedback_until != self.view.feedback_until:
             log.info("serving list version %s with model %s (pointer: current %s, previous %s)",
                      view.list_version, view.bundle.version, self.pointer.current, self.pointer.previous)
             self.view = view

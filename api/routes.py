@@ -159,7 +159,7 @@ def _json_object(fields: set[str]) -> dict:
     if not request.is_json:
         raise BadParameter("body", "must be a JSON object (Content-Type: application/json)")
     data = request.get_data(cache=True)
-    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    limit = request.max_content_length
     if request.content_length is None and limit is not None and len(data) >= limit:
         raise RequestEntityTooLarge()   # a chunked body is cut at the limit by werkzeug, silently
     try:

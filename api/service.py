@@ -3,8 +3,9 @@
 It ties the rooms together: the model registry (fuserank.api.registry: what is served), the answer paths
 (fuserank.api.answers), the filters (fuserank.api.filters), the Redis breaker (fuserank.api.breaker) and
 the rate limiter (fuserank.api.ratelimit). ``source`` tells the client where an answer came from:
-``precomputed`` (a stored list), ``live`` (the in-memory model) or ``popular`` (a user the model has
-never seen). Redis calls use the factory's ``serve`` role (short timeouts, no retries); a failure opens
+``precomputed`` (a stored list), ``live`` (the in-memory model), ``popular`` (a user the model has
+never seen) or ``fresh`` (a user who wrote feedback the served list version does not hold yet:
+fuserank.api.fresh). Redis calls use the factory's ``serve`` role (short timeouts, no retries); a failure opens
 the breaker, and answers are ``live`` with ``degraded: true`` until it closes.
 """
 from __future__ import annotations
@@ -15,8 +16,8 @@ import time
 import numpy as np
 import redis
 
-from fuserank import keys, redis_client
-from fuserank.api import answers
+from fuserank import feedback, keys, redis_client
+from fuserank.api import answers, fresh
 from fuserank.api.answers import Answer
 from fuserank.api.breaker import RedisBreaker
 from fuserank.api.errors import NotFound
@@ -33,17 +34,21 @@ class RecommendationService:
     def __init__(self, settings: ServeSettings, clock=None):
         """``clock``: one fake clock for the breaker, the pointer's re-read, load retries and rate-limit
         windows (tests); default the real monotonic and wall clocks."""
-        self.redis = redis_client.connect(settings.redis_url, "serve")
+        self.redis = redis_client.connect(redis_client.Target(settings.redis_url, settings.redis_cluster), "serve")
         monotonic, wall = (clock, clock) if clock else (time.monotonic, time.time)
         self.breaker = RedisBreaker(clock=monotonic)
         self.registry = ModelRegistry(settings.model, self.redis, settings.hybrid, settings.models_uri, monotonic)
         self.limiter = RateLimiter(self.redis, self.breaker, wall)
+        self.fresh = fresh.FreshLists(self.redis)
+        self.refresher = fresh.Refresher(self.fresh.rebuild, self.view)
+        self._durable: bool | str | None = None
         try:
             self.registry.refresh(load_now=True)   # at start (before gunicorn forks): load what the pointer names
         except redis.RedisError as exc:
             log.warning("redis unavailable at start (%s): answering live from model %s", type(exc).__name__,
                         self.model.version)
         log.info("model %s loaded: %d users, %d anime", self.model.version, self.model.n_users, self.model.n_anime)
+        self.feedback_durable()
 
     @property
     def model(self):
@@ -98,10 +103,53 @@ class RecommendationService:
             self.breaker.failed(exc)
             state = {"redis": "down", "error": type(exc).__name__}
         view, pointer = self.registry.view, self.registry.pointer
-        return {**state, "list_version": pointer.current, "pointer_valid": pointer.valid,
+        return {**state, "feedback_durable": self.feedback_durable(), "list_version": pointer.current, "pointer_valid": pointer.valid,
                 "list_model_version": pointer.model_version, "previous_list_version": pointer.previous,
                 "serving": {"model_version": view.bundle.version, "list_version": view.list_version},
                 "models_loaded": self.registry.models_loaded(), "loading": self.registry.loading()}
+
+    def feedback_durable(self) -> bool | str | None:
+        """Whether an acknowledged feedback write survives a crash of Redis: ``appendonly yes`` and ``appendfsync
+        always`` (CONFIG GET); "unknown" where CONFIG is refused (managed Redis), None while Redis is down.
+        Logged once as a WARNING when not True."""
+        if self._durable is None:
+            try:
+                config = self.redis.config_get("append*")
+            except redis.ResponseError:
+                self._durable = "unknown"
+            except redis.RedisError:
+                return None
+            else:
+                self._durable = config.get("appendonly") == "yes" and config.get("appendfsync") == "always"
+            if self._durable is not True:
+                log.warning("feedback is not durable (%s): Redis must run with appendonly yes and appendfsync "
+                            "always, or an acknowledged rating can be lost when Redis crashes",
+                            "CONFIG GET refused" if self._durable == "unknown" else
+                            f"appendonly {config.get('appendonly')}, appendfsync {config.get('appendfsync')}")
+        return self._durable
+
+    def write_feedback(self, events: list[feedback.Event]) -> list[str]:
+        """Append ``events`` to the feedback store (the acknowledgement), mark the writers' fresh lists behind,
+        and hand them to the background thread. Raises RedisError (the route answers 503)."""
+        try:
+            ids = feedback.append(self.redis, events)
+            latest = {e.user_id: i for e, i in zip(events, ids) if e.kind in feedback.ENTRY_KINDS}
+            if latest:
+                self.fresh.mark(latest)
+        except redis.RedisError as exc:
+            self.breaker.failed(exc)
+            raise
+        if latest:
+            self.refresher.submit(latest)
+        return ids
+
+    def user_feedback(self, user_id: int) -> tuple[View, list[dict]]:
+        """The user's entries the served list version does not hold, oldest first."""
+        view = self.registry.view
+        until = fresh.stream_id(view.feedback_until)
+        entries = feedback.user_entries(self.redis, user_id)
+        kept = [{"anime_id": aid, **e} for aid, e in entries.items() if fresh.stream_id(e["id"]) > until]
+        return view, sorted(kept, key=lambda e: fresh.stream_id(e["id"]))
 
     def filter_values(self) -> dict:
         return filter_values(self.registry.view.bundle)
@@ -126,8 +174,20 @@ class RecommendationService:
         if user_id in self.registry.suppressed:
             return answers.popular(bundle, n, include_adult, drop)
         u = int(bundle.model.user_index(user_id)[0])
-        if u >= 0 and not live and not include_adult and not degraded and view.list_version:
-            answer, degraded = self._stored(view, keys.user(view.list_version, user_id), n, drop, explain)
+        if not degraded:
+            stored = u >= 0 and not live and not include_adult and view.list_version
+            try:
+                raw, state = self.fresh.read(user_id, keys.user(view.list_version, user_id) if stored else None)
+            except redis.RedisError as exc:
+                self.breaker.failed(exc)
+                raw, state, degraded = None, {}, True
+            if state and fresh.pending(state, view):
+                try:
+                    return self.fresh.answer(view, user_id, state, n, live, include_adult, drop, explain)
+                except redis.RedisError as exc:
+                    self.breaker.failed(exc)
+                    degraded = True
+            answer = answers.precomputed(raw, view, n, drop, explain) if raw is not None else None
             if answer is not None:
                 return answer
         if u >= 0:

@@ -10,7 +10,15 @@
                                      the path of POST /v1/recommendations, with its per-address rate limit
                                      and, when API keys are configured, its API key: a public page then
                                      answers 401, as the form cannot send the header)
-    GET  /anime/ID                   an anime and its most similar anime
+    GET  /anime/ID[?user_id=U]       an anime and its most similar anime; with ``user_id``, "I rate it" posts
+                                     to the route below, else it starts the anonymous search form with it
+    POST /users/U/ratings/ID         ``rating=1..10`` stored as user U's feedback (the path of PUT
+                                     /v1/users/U/ratings/ID), then back to U's recommendations, which
+                                     follow it (``fresh``). A browser cannot hold an API key (anything the
+                                     page could send, every visitor could read), so this form is guarded
+                                     by a CSRF token (Flask-WTF: signed with a secret every pod shares
+                                     through Redis, tied to the visitor's session cookie) and by the
+                                     per-address rate limit instead of the key
 
 Genres and type come from the model's anime table (``Catalog``, built once before gunicorn forks);
 each view sets ``flask.g.answer_source`` / ``g.degraded`` for the request metrics like the API routes.
@@ -19,11 +27,18 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
-from flask import Blueprint, current_app, g, render_template, request
-from werkzeug.exceptions import HTTPException
+import secrets
 
+import numpy as np
+import redis
+from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
+from flask_wtf.csrf import CSRFError, generate_csrf, validate_csrf
+from werkzeug.exceptions import HTTPException
+from wtforms import ValidationError
+
+from fuserank import keys
 from fuserank.api.errors import ApiError, BadParameter, NotFound
+from fuserank.api.feedback import write_entry
 from fuserank.api.routes import check_api_key, enforce_rate_limit
 
 MAX_N = 200
@@ -199,9 +214,26 @@ def new_user():
                            ignored=ignored)
 
 
+@web.post("/users/<user_id>/ratings/<anime_id>")
+def rate(user_id: str, anime_id: str):
+    try:
+        validate_csrf(request.form.get("csrf_token"))
+    except ValidationError as exc:
+        raise CSRFError(str(exc)) from None
+    enforce_rate_limit("web:" + (request.remote_addr or "unknown"), "too many ratings from your address")
+    uid, aid = _uint("user_id", user_id), _uint("anime_id", anime_id)
+    raw = request.form.get("rating", "").strip()
+    if not _UINT.fullmatch(raw) or not 1 <= int(raw) <= 10:
+        raise BadParameter("rating", f"must be a rating in 1..10, got {raw[:40]!r}")
+    write_entry(uid, aid, "rating", rating=int(raw))
+    return redirect(url_for("web.user_page", user_id=uid), 303)
+
+
 @web.get("/anime/<anime_id>")
 def anime_page(anime_id: str):
     aid = _uint("anime_id", anime_id)
+    raw_user = request.args.get("user_id")
+    user_id = _uint("user_id", raw_user) if raw_user else None
     catalog = _catalog()
     a = catalog.encoded(aid)
     if a < 0:
@@ -210,7 +242,7 @@ def anime_page(anime_id: str):
     _note(answer)
     items = catalog.describe(answer.body("anime_id", aid)["items"])
     return render_template("anime.html", anime=catalog.entry(a), adult=bool(catalog.adult[a]), answer=answer,
-                           items=items)
+                           items=items, user_id=user_id)
 
 
 @web.errorhandler(ApiError)
@@ -223,7 +255,20 @@ def _http_error(exc: HTTPException):
     return render_template("error.html", status=exc.code or 500, message=exc.description or exc.name), exc.code or 500
 
 
+def _shared_secret(client) -> str:
+    """The CSRF signing secret every API pod uses (set once in Redis); a process-local one while Redis is down
+    (tokens then hold on this pod only)."""
+    try:
+        client.set(keys.WEB_SECRET, secrets.token_hex(32), nx=True)
+        value = client.get(keys.WEB_SECRET)
+        return value.decode() if value else secrets.token_hex(32)
+    except redis.RedisError:
+        return secrets.token_hex(32)
+
+
 def register(app) -> None:
-    """The blueprint, and the catalog built now (before gunicorn forks, shared by the workers)."""
+    """The blueprint, the CSRF secret, and the catalog built now (before gunicorn forks, shared by the workers)."""
+    app.secret_key = _shared_secret(app.extensions["fuserank"].redis)
+    app.jinja_env.globals["csrf_token"] = generate_csrf
     app.register_blueprint(web)
     app.extensions["fuserank_web"] = Catalog(app.extensions["fuserank"].model)

@@ -54,7 +54,7 @@ def fetch_model(models_uri: str, model_version: str, out_dir: str) -> str:
     return out_dir
 
 
-def fetch_published_model(redis_url: str, models_uri: str, out_dir: str, wait_s: float = 0.0,
+def fetch_published_model(redis_url, models_uri: str, out_dir: str, wait_s: float = 0.0,
                           poll_s: float = 10.0) -> str:
     """The API init container: the model of the list version ``fuserank:current`` names, into ``out_dir``.
 

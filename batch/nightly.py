@@ -1,6 +1,8 @@
 """The nightly recompute (the Kubernetes CronJob's entry point) and the API pods' model fetch.
 
     python -m fuserank.batch.nightly run          dvc pull -> dvc repro evaluate -> dvc push -> gate -> publish
+                                                  (the ingest drains the feedback store: `--feedback` = --redis-url,
+                                                  pinned to the stream's last id; --no-feedback: files only)
     python -m fuserank.batch.nightly publish      gate -> store the model -> `fuserank precompute` (dvc.yaml's
                                                   non-cached `precompute` stage runs this)
     python -m fuserank.batch.nightly gate         the gate's decision only, as JSON (for people)
@@ -21,6 +23,7 @@ import os
 import shlex
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Callable, Mapping, Sequence
 
@@ -28,7 +31,7 @@ import redis
 
 from fuserank import config, logs, storage
 from fuserank.errors import FuseRankError
-from fuserank.redis_client import connect
+from fuserank.redis_client import Target, connect
 
 from fuserank.batch.dvc_step import LOCK, PARAMS, RELEASE_DIR, dvc, prepare_workspace
 from fuserank.batch.gate import DEFAULT_MARGIN, load_evaluation, margin_of, published_evaluation, quality_gate
@@ -58,8 +61,14 @@ class NightlySettings:
     params_override: Mapping = field(default_factory=dict)
     pull: bool = True
     push: bool = True
+    feedback: bool = True                    # run: the ingest merges the feedback store on redis_url
     out: str | None = None                   # fetch-model
     wait_s: float = 0.0
+    redis_cluster: bool = False              # redis_url names a node of a Redis Cluster
+
+    @property
+    def redis(self) -> Target:
+        return Target(self.redis_url, self.redis_cluster)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "NightlySettings":
@@ -70,7 +79,7 @@ class NightlySettings:
         if args.command == "run":
             override = config.load_params(args.params_override) if args.params_override else {}
             values.update(params_override=deep_merge(override, parse_set(args.set)),
-                          pull=not args.no_pull, push=not args.no_push)
+                          pull=not args.no_pull, push=not args.no_push, feedback=not args.no_feedback)
         return cls(**values)
 
 
@@ -85,19 +94,53 @@ def run_nightly(settings: NightlySettings, run: Callable[..., subprocess.Complet
         log.info("using the last night's %s from %s", LOCK, settings.state_uri)
     params_path = os.path.join(workdir, PARAMS)
     params = config.load_params(params_path)
-    if settings.params_override:
+    feedback_params, feedback_env = feedback_source(settings)
+    override = deep_merge(feedback_params, dict(settings.params_override))
+    if override:
         import yaml
-        params = deep_merge(params, dict(settings.params_override))
+        params = deep_merge(params, override)
         with open(params_path, "w") as fh:
             yaml.safe_dump(params, fh, sort_keys=False)
     if settings.pull:
         dvc(workdir, "pull", "--run-cache", "--allow-missing", run=run)
-    dvc(workdir, "repro", *(["--pull"] if settings.pull else []), "evaluate", run=run)
+    with _exported(feedback_env):
+        dvc(workdir, "repro", *(["--pull"] if settings.pull else []), "evaluate", run=run)
     if settings.push:
         dvc(workdir, "push", "--run-cache", run=run)
     if settings.state_uri:
         storage.upload(os.path.join(workdir, LOCK), join(settings.state_uri, LOCK))
     return publish(settings, os.path.join(workdir, RELEASE_DIR), params, run=run)
+
+
+def feedback_source(settings: NightlySettings) -> tuple[dict, dict]:
+    """(params, environment) pointing the ingest stage at the feedback store: ``--feedback`` through its
+    environment layer (the URL may hold a password, which must not reach params.yaml and dvc.lock) and
+    ``ingest.feedback-until`` = the stream's last id as a parameter, so `dvc repro` reruns the ingest exactly
+    when new feedback arrived."""
+    if not settings.feedback:
+        return {}, {}
+    from fuserank.feedback import NONE, head
+    with connect(settings.redis_url, "command") as client:
+        last, _ = head(client)
+    log.info("the ingest drains the feedback store up to stream id %s", last)
+    env = {config.env_names("feedback_url")[0]: settings.redis_url}
+    return ({"ingest": {"feedback-until": last}} if last != NONE else {}), env
+
+
+@contextmanager
+def _exported(variables: dict):
+    """``variables`` in the environment of the commands run inside, as they were afterwards."""
+    before = {name: config.environ().get(name) for name in variables}
+    for name, value in variables.items():
+        config.export(name, value)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                config.unset(name)
+            else:
+                config.export(name, value)
 
 
 def publish(settings: NightlySettings, model_dir: str | None = None, params: dict | None = None,
@@ -106,14 +149,14 @@ def publish(settings: NightlySettings, model_dir: str | None = None, params: dic
     ``settings.params`` file, when there is one)."""
     if params is None:
         params = config.load_params(settings.params) if os.path.isfile(settings.params) else {}
-    return publish_if_better(model_dir or settings.model, settings.redis_url, margin=margin_of(params, settings.margin),
+    return publish_if_better(model_dir or settings.model, settings.redis, margin=margin_of(params, settings.margin),
                              precompute_params=precompute_params_of(params), models_uri=settings.models_uri,
                              beam_args=settings.beam_args, restart=settings.restart, run=run)
 
 
 def print_gate(settings: NightlySettings) -> int:
     new = load_evaluation(settings.model)
-    with connect(settings.redis_url, "command") as client:
+    with connect(settings.redis, "command") as client:
         served, published = published_evaluation(client)
     ok, reason = quality_gate(new, published, margin_of({}, settings.margin))
     print(json.dumps({"ok": ok, "reason": reason, "served": served, "new": new, "published": published}))
@@ -148,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help: str, model: bool = False, publishing: bool = True):
         sp = sub.add_parser(name, help=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         _option(sp, "--redis-url", "redis_url", "Redis URL", required=True)
+        cluster = config.env_value("redis_cluster")
+        sp.add_argument("--redis-cluster", action="store_true",
+                        default=config.parse_bool(*cluster) if cluster else False,
+                        help="--redis-url names a node of a Redis Cluster [env: $FUSERANK_REDIS_CLUSTER]")
         if model:
             sp.add_argument("--model", required=True, help="evaluated model directory (has evaluation.json)")
         if publishing:
@@ -177,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "[env: $FUSERANK_SET, whitespace-separated items]")
     run_p.add_argument("--no-pull", action="store_true", help="skip `dvc pull` (use the workspace as it is)")
     run_p.add_argument("--no-push", action="store_true", help="skip `dvc push`")
+    run_p.add_argument("--no-feedback", action="store_true", help="ingest the files only (no `--feedback`)")
 
     pub_p = command("publish", "gate, store and precompute one evaluated model", model=True)
     releasing(pub_p)
@@ -198,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = NightlySettings.from_args(args)
         if args.command == "fetch-model":
-            fetch_published_model(settings.redis_url, settings.models_uri, settings.out, wait_s=settings.wait_s)
+            fetch_published_model(settings.redis, settings.models_uri, settings.out, wait_s=settings.wait_s)
             return EXIT_OK
         return {"gate": print_gate, "publish": publish, "run": run_nightly}[args.command](settings)
     except (FuseRankError, redis.RedisError, OSError) as exc:

@@ -3,7 +3,9 @@
 One composite PTransform per stage: ScoreUsers (the hybrid, in blocks of users, each item with its
 reasons), AnimeNeighbours (the scorer's anime-neighbour lists), WriteToRedis (pipelined, idempotent),
 and Publish (flips the current-version pointer only once every write is confirmed and counted against
-the model).
+the model). A block is the unit of work end to end: scored into one list of ``(key, value)`` pairs,
+written, counted; nothing is emitted from ``finish_bundle`` and no side input is read, so the same job
+runs on the in-process FnApiRunner, its multi-process mode, the DaskRunner and Dataflow.
 
 Blocks of users follow ``HybridScorer.user_order()``: with the similar-user IVF index (large models)
 the users of one index cell are scored together, so a block shares one candidate set. A block is an
@@ -26,7 +28,7 @@ import redis
 from fuserank import keys, logs
 from fuserank.privacy import suppressed
 from fuserank.publish import PublishError, current_version
-from fuserank.redis_client import connect
+from fuserank.redis_client import connect, layout
 from fuserank.artifacts import ModelArtifact
 from fuserank.config import HybridSettings
 from fuserank.batch.redis_io import PublishFn, WriteListsFn
@@ -68,19 +70,21 @@ class ScoreUserBlockFn(beam.DoFn):
         self.encoder = load_encoder(self.model_dir, self.settings)
 
     def process(self, block):
-        """``block``: encoded users (an array), or a ``(start, stop)`` range of them."""
+        """``block``: encoded users (an array), or a ``(start, stop)`` range of them; yields the block's
+        ``(key, value)`` pairs as one list."""
         import numpy as np
         model = self.scorer.model
         users = np.arange(*block) if isinstance(block, tuple) else np.asarray(block, dtype=np.int64)
         ranked = self.scorer.score_users(users, explain=True)
-        user_ids = model.user_ids[users].tolist()
-        for i, uid in enumerate(user_ids):
+        pairs = []
+        for i, uid in enumerate(model.user_ids[users].tolist()):
             if uid in self.skip:
                 continue
             keep = ranked.items[i] >= 0
-            yield (keys.user(self.version, uid),
-                   self.encoder.encode(ranked.items[i][keep], ranked.scores[i][keep],
-                                       ranked.because[i][keep], ranked.similar_users[i][keep]))
+            pairs.append((keys.user(self.version, uid),
+                          self.encoder.encode(ranked.items[i][keep], ranked.scores[i][keep],
+                                              ranked.because[i][keep], ranked.similar_users[i][keep])))
+        yield pairs
 
 
 class AnimeNeighboursFn(beam.DoFn):
@@ -93,14 +97,17 @@ class AnimeNeighboursFn(beam.DoFn):
 
     def process(self, block):
         s, model = self.scorer, self.scorer.model
+        pairs = []
         for a in range(*block):
             idx = s.neighbour_idx[a]
             keep = ~model.adult_mask[idx]
-            yield keys.anime(self.version, model.anime_ids[a]), self.encoder.encode(idx[keep], s.neighbour_sim[a][keep])
+            pairs.append((keys.anime(self.version, model.anime_ids[a]),
+                          self.encoder.encode(idx[keep], s.neighbour_sim[a][keep])))
+        yield pairs
 
 
 class ScoreUsers(beam.PTransform):
-    """Blocks of encoded users -> (redis key, hybrid top-N with reasons) for each user."""
+    """Blocks of encoded users -> per block, a list of (redis key, hybrid top-N with reasons), one per user."""
 
     def __init__(self, model_dir, settings, version, skip=frozenset()):
         super().__init__()
@@ -111,7 +118,7 @@ class ScoreUsers(beam.PTransform):
 
 
 class AnimeNeighbours(beam.PTransform):
-    """Blocks of encoded anime -> (redis key, nearest neighbours) for each anime."""
+    """Blocks of encoded anime -> per block, a list of (redis key, nearest neighbours), one per anime."""
 
     def __init__(self, model_dir, settings, version):
         super().__init__()
@@ -122,7 +129,7 @@ class AnimeNeighbours(beam.PTransform):
 
 
 class WriteToRedis(beam.PTransform):
-    """(key, value) -> Redis; outputs ``(kind, n)`` counts of confirmed writes."""
+    """Lists of (key, value) -> Redis; outputs ``(kind, n)`` counts of confirmed writes."""
 
     def __init__(self, redis_url: str, kind: str, batch_size: int = 500):
         super().__init__()
@@ -140,8 +147,10 @@ class Publish(beam.PTransform):
         self.fn = PublishFn(redis_url, version, expected, meta)
 
     def expand(self, counts):
+        # without_defaults: a global combine with a default reads its result back as a side input, which the
+        # DaskRunner computes inside one task instead of as part of the graph
         return (counts | beam.Flatten() | "SumByKind" >> beam.CombinePerKey(sum)
-                | "AsDict" >> beam.combiners.ToDict() | beam.ParDo(self.fn))
+                | "AsDict" >> beam.combiners.ToDict().without_defaults() | beam.ParDo(self.fn))
 
 
 def build(p: beam.Pipeline, model_dir: str, redis_url: str, settings: HybridSettings, model: ModelArtifact,
@@ -161,6 +170,8 @@ def build(p: beam.Pipeline, model_dir: str, redis_url: str, settings: HybridSett
             "n_users": model.n_users, "n_anime": model.n_anime,
             # where the API loads this version's model from when the pointer moves to it (fuserank.api.registry)
             "model_uri": model_dir if str(model_dir).startswith("gs://") else os.path.abspath(model_dir)}
+    # the feedback the model's data holds (fuserank.feedback): the API's fresh lists start after it
+    meta.update({k: model.manifest[k] for k in ("feedback_until", "feedback_added") if k in model.manifest})
     evaluation = os.path.join(model_dir, "evaluation.json")
     if os.path.exists(evaluation):
         with open(evaluation) as fh:
@@ -170,10 +181,17 @@ def build(p: beam.Pipeline, model_dir: str, redis_url: str, settings: HybridSett
     return version, published
 
 
+# runners that Beam's ``--runner`` accepts only by their module path
+RUNNER_PATHS = {"DaskRunner": "apache_beam.runners.dask.dask_runner.DaskRunner"}
+
+
 def pipeline_options(beam_args: list[str] | None) -> tuple[PipelineOptions, object | None]:
     """Beam options from the arguments after ``--``; without ``--runner`` the in-process FnApiRunner,
-    which never tries to download the Prism runner binary (as DirectRunner does in Beam 2.77)."""
+    which never tries to download the Prism runner binary (as DirectRunner does in Beam 2.77);
+    ``--runner DaskRunner`` names Beam's DaskRunner (``--dask_client_address`` its scheduler)."""
     options = PipelineOptions(beam_args or [])
+    standard = options.view_as(StandardOptions)
+    standard.runner = RUNNER_PATHS.get(standard.runner, standard.runner)
     runner = None
     if not options.view_as(StandardOptions).runner:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
@@ -187,7 +205,7 @@ def check_published(client: redis.Redis, version: str) -> str | None:
     served = current_version(client)
     if served == version:
         return None
-    if client.zscore(keys.VERSIONS, version) is None:   # the flip adds it there in the same transaction
+    if client.zscore(layout(client).versions, version) is None:   # the flip adds it there in the same transaction
         raise PublishError(f"pipeline finished but the current list version is {served}, not {version}")
     log.warning("list version %s was published, then replaced by %s (another precompute finished after it)",
                 version, served)
@@ -200,6 +218,8 @@ def precompute(model_dir: str, redis_url: str, settings: HybridSettings | None =
         from fuserank.artifacts import localise, read_manifest
         settings = HybridSettings.for_model(read_manifest(localise(model_dir)))
     t0 = time.time()
+    if not str(model_dir).startswith("gs://"):
+        model_dir = os.path.abspath(model_dir)  # workers in other processes, with another cwd, find it too
     scorer = load_scorer(model_dir, settings)   # shared with the DoFns on the in-process runner
     model = scorer.model
     options, runner = pipeline_options(beam_args)

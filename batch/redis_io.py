@@ -13,10 +13,11 @@ log = logging.getLogger("fuserank.precompute")
 
 
 class WriteListsFn(beam.DoFn):
-    """Writes ``(key, value)`` pairs with pipelined SETs; emits ``(kind, n)`` per confirmed batch.
+    """Writes one block's ``(key, value)`` pairs with pipelined SETs; emits ``(kind, n)`` per confirmed batch.
 
     Rewriting a key with the same value is harmless, so a bundle retried by the runner is idempotent;
-    the counts come from Beam's committed outputs, so retries are not double counted.
+    the counts come from Beam's committed outputs, so retries are not double counted. Every count is
+    emitted from ``process``: the DaskRunner drops what ``finish_bundle`` emits.
     """
 
     def __init__(self, redis_url: str, kind: str, batch_size: int = 500):
@@ -27,19 +28,10 @@ class WriteListsFn(beam.DoFn):
         self.written = 0
         self.t0 = time.time()
 
-    def start_bundle(self):
-        self.batch = []
-
-    def process(self, element):
-        self.batch.append(element)
-        if len(self.batch) >= self.batch_size:
+    def process(self, pairs):
+        for start in range(0, len(pairs), self.batch_size):
+            self.batch = pairs[start:start + self.batch_size]
             yield from self._flush()
-
-    def finish_bundle(self):
-        from apache_beam.transforms.window import GlobalWindow
-        from apache_beam.utils.windowed_value import WindowedValue
-        for out in self._flush():
-            yield WindowedValue(out, 0, [GlobalWindow()])
 
     def _flush(self):
         if not self.batch:

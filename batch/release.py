@@ -14,7 +14,7 @@ from fuserank import keys
 from fuserank.artifacts import read_manifest
 from fuserank.errors import NightlyError
 from fuserank.publish import current_version
-from fuserank.redis_client import connect
+from fuserank.redis_client import connect, target
 
 from fuserank.batch.gate import EVALUATION, load_evaluation, published_evaluation, quality_gate
 from fuserank.batch.model_store import store_model
@@ -33,13 +33,15 @@ def _runner_is_remote(beam_args: Sequence[str]) -> bool:
     return "dataflow" in runner.parse_known_args(list(beam_args))[0].runner.lower()
 
 
-def precompute_command(model: str, redis_url: str, precompute_params: dict, beam_args: Sequence[str]) -> list[str]:
-    cmd = [sys.executable, "-m", "fuserank", "precompute", "--model", model, "--redis-url", redis_url,
-           *as_flags(precompute_params)]
+def precompute_command(model: str, redis_url, precompute_params: dict, beam_args: Sequence[str]) -> list[str]:
+    """``redis_url``: a URL or a fuserank.redis_client.Target (a cluster one adds ``--redis-cluster``)."""
+    where = target(redis_url)
+    cmd = [sys.executable, "-m", "fuserank", "precompute", "--model", model, "--redis-url", where.url,
+           *(["--redis-cluster"] if where.cluster else []), *as_flags(precompute_params)]
     return cmd + (["--", *beam_args] if beam_args else [])
 
 
-def publish_if_better(model_dir: str, redis_url: str, *, margin: float, precompute_params: dict | None = None,
+def publish_if_better(model_dir: str, redis_url, *, margin: float, precompute_params: dict | None = None,
                       models_uri: str | None = None, beam_args: Sequence[str] = (),
                       restart: RestartTarget | None = None,
                       run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> int:

@@ -3,6 +3,12 @@
     python -u benchmarks/bench_precompute.py                       # 310k users x 17.5k anime, ~57M ratings, 128-d
     python -u benchmarks/bench_precompute.py --small               # 20k users x 4k anime, ~2M ratings (a minute)
     python -u benchmarks/bench_precompute.py --users 100000 --anime 10000 --ratings 18000000
+    python -u benchmarks/bench_precompute.py --small --cluster     # one node vs a 3-primary Redis Cluster
+
+``--cluster`` measures only the job into one redis-server and into a loopback Redis Cluster of 3 primaries
+with a replica each (tests/cluster.py), one after the other in the same run: end-to-end time of each, and
+the write path alone (the Beam writer, ``WriteListsFn``, rewriting every stored list of the version in its
+batches of 500) in lists/s and MB/s, with the ratios cluster / one node.
 
 Steps (each timed; figures printed and written to ``benchmarks/results/precompute.json``):
 
@@ -287,6 +293,71 @@ def redis_memory(client, version: str, model, sample: int, seed: int) -> dict:
     return out
 
 
+def _stored(client, version: str) -> list[tuple[bytes, bytes]]:
+    """Every list of ``version`` as ``(key, value)``, read back by SCAN + pipelined GETs (per node on a cluster)."""
+    from fuserank import keys
+    names = [k for k in client.scan_iter(match=keys.version_pattern(version), count=1000)
+             if (keys.parse_key(k) or {}).get("kind") in ("user", "anime")]
+    out = []
+    for start in range(0, len(names), 2000):
+        chunk = names[start:start + 2000]
+        with client.pipeline(transaction=False) as pipe:
+            for k in chunk:
+                pipe.get(k)
+            out += list(zip(chunk, pipe.execute()))
+    return out
+
+
+def _rewrite(where, pairs) -> dict:
+    """The write path alone: the Beam writer's DoFn rewriting ``pairs`` in its own batches, timed."""
+    from fuserank.batch.redis_io import WriteListsFn
+    fn = WriteListsFn(where, "users")
+    fn.setup()
+    fn.start_bundle()
+    t0 = time.perf_counter()
+    for pair in pairs:
+        for _ in fn.process(pair):
+            pass
+    list(fn.finish_bundle())
+    seconds = time.perf_counter() - t0
+    fn.teardown()
+    mb = sum(len(v) for _, v in pairs) / 1e6
+    return {"lists": len(pairs), "seconds": round(seconds, 2), "lists_per_s": round(len(pairs) / seconds),
+            "mb_per_s": round(mb / seconds, 1), "batch_size": fn.batch_size}
+
+
+def cluster_comparison(model_dir: str, settings, block_size: int, result: dict) -> dict:
+    """The precompute into one redis-server, then into a 3-primary cluster (1 replica each): each end to end,
+    and the writer alone on the same stored lists."""
+    from fuserank.batch.pipeline import precompute
+    from fuserank.redis_client import Target, connect
+    from fuserank.redis_server import LocalRedis
+    from tests.cluster import LocalCluster
+    out = {}
+    pairs = None
+    for name in ("single_node", "cluster_3_primaries"):
+        with LocalRedis() if name == "single_node" else LocalCluster() as server:
+            where = Target(server.url, cluster=name != "single_node")
+            load_start = load_avg()
+            t0 = time.perf_counter()
+            job = precompute(model_dir, where, settings, block_size=block_size)
+            wall = time.perf_counter() - t0
+            client = connect(where, "batch")
+            if pairs is None:
+                pairs = _stored(client, job["version"])
+            client.close()
+            rewrite = _rewrite(where, pairs)
+            out[name] = {"job_wall_s": round(wall, 2), "job": job, "writer_alone": rewrite,
+                         "load_avg_before": load_start, "load_avg_after": load_avg()}
+            print(f"{name}: job {wall:.1f}s; writer alone {rewrite['lists_per_s']} lists/s "
+                  f"({rewrite['mb_per_s']} MB/s)  (load {load_avg()})", flush=True)
+    one, many = out["single_node"], out["cluster_3_primaries"]
+    out["ratios_cluster_to_single"] = {
+        "job_wall": round(many["job_wall_s"] / one["job_wall_s"], 3),
+        "writer_lists_per_s": round(many["writer_alone"]["lists_per_s"] / one["writer_alone"]["lists_per_s"], 3)}
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--users", type=int, default=None)
@@ -298,8 +369,11 @@ def main(argv=None) -> int:
     p.add_argument("--block-size", type=int, default=512)
     p.add_argument("--recall-sample", type=int, default=2000)
     p.add_argument("--workdir", default="/tmp/fuserank-bench/precompute", help="where the artifact is cached")
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/precompute.json"))
+    p.add_argument("--out", default=None, help="default: benchmarks/results/precompute.json "
+                   "(precompute-cluster.json with --cluster)")
+    p.add_argument("--cluster", action="store_true", help="only: the job into one node vs a 3-primary Redis Cluster")
     a = p.parse_args(argv)
+    a.out = a.out or str(ROOT / "benchmarks/results" / ("precompute-cluster.json" if a.cluster else "precompute.json"))
     shape = dict(SMALL if a.small else FULL)
     for k in shape:
         if getattr(a, k, None):
@@ -321,6 +395,10 @@ def main(argv=None) -> int:
                                       a.seed)
     result["artifact"] = {**summary, "path": str(model_dir), "prepare_s": round(time.perf_counter() - t0, 1)}
     print(f"artifact {model_dir}: {json.dumps(summary)}", flush=True)
+    if a.cluster:
+        result["cluster_comparison"] = cluster_comparison(str(model_dir), settings, a.block_size, result)
+        result["machine"]["load_avg_end"] = load_avg()
+        return _write(result, a.out)
 
     # 1. the floor, and the similar-user search's recall, on the floor's own scorer
     fl, lists, scorer = floor(str(model_dir), settings, a.block_size)
@@ -372,7 +450,11 @@ def main(argv=None) -> int:
     print(f"\njob {job_s:.1f}s  floor {fl['total_s']:.1f}s  ratio {ratio:.2f}x  recall@10 {rec['recall_at_10']}  "
           f"stored==floor {same}/{len(check)}  Redis {mem['version_used_memory_bytes'] / 2**30:.2f} GiB per version, "
           f"{mem['user']['memory_usage_bytes_mean']:.0f} B per user list  targets {result['targets']}", flush=True)
-    out = Path(a.out)
+    return _write(result, a.out)
+
+
+def _write(result: dict, path: str) -> int:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w") as fh:
         json.dump(result, fh, indent=2, default=str)

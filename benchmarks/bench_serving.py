@@ -3,6 +3,11 @@
     python -u benchmarks/bench_serving.py                                   # 50k users x 17.5k anime, 128-d
     python -u benchmarks/bench_serving.py --users 20000 --duration 5        # quicker
     python -u benchmarks/bench_serving.py --classes gevent --repeats 1      # one worker model
+    python -u benchmarks/bench_serving.py --users 20000 --cluster           # one node vs a Redis Cluster
+
+``--cluster`` measures only the API (the default worker model, ``--workers``) against the one redis-server
+and against a loopback Redis Cluster of 3 primaries with a replica each (tests/cluster.py) holding the
+same precompute, alternately with ``wrk`` at 16 connections; requests/s and p99 of each and their ratios.
 
 Steps (figures printed and written to ``benchmarks/results/serving.json``):
 
@@ -163,6 +168,7 @@ def run_server(argv: list[str]) -> None:
     p.add_argument("kind", choices=["serve-app", "serve-floor"])
     p.add_argument("--model")
     p.add_argument("--redis-url", required=True)
+    p.add_argument("--redis-cluster", action="store_true")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
@@ -173,8 +179,8 @@ def run_server(argv: list[str]) -> None:
     if a.kind == "serve-app":
         from fuserank.api.server import serve
         from fuserank.config import ServeSettings
-        serve(ServeSettings(model=a.model, redis_url=a.redis_url, port=a.port, workers=a.workers, threads=a.threads,
-                            worker_class=a.worker_class))
+        serve(ServeSettings(model=a.model, redis_url=a.redis_url, redis_cluster=a.redis_cluster, port=a.port,
+                            workers=a.workers, threads=a.threads, worker_class=a.worker_class))
         return
     from fuserank.api.server import GunicornApp, gunicorn_options
     app = floor_app(a.redis_url, a.version, a.body_bytes)
@@ -380,6 +386,44 @@ def hot_path_pieces(model_dir: str, version: str, stored: bytes, n_calls: int = 
 
 
 # ------------------------------------------------------------------------------------------------- main
+def cluster_comparison(a, model_dir, settings, single_url: str, paths: list[str], script_dir: Path) -> dict:
+    """The API against one node and against a 3-primary cluster holding the same precompute, 16 connections."""
+    from fuserank.api.server import DEFAULT_WORKER_CLASS
+    from fuserank.batch.pipeline import precompute
+    from fuserank.redis_client import Target
+    from tests.cluster import LocalCluster
+    threads = a.threads if DEFAULT_WORKER_CLASS == "gthread" else 1
+    common = ["--model", str(model_dir), "--workers", str(a.workers), "--threads", str(threads),
+              "--worker-class", DEFAULT_WORKER_CLASS]
+    with LocalCluster() as cluster:
+        t0 = time.perf_counter()
+        precompute(str(model_dir), Target(cluster.url, cluster=True), settings)
+        precompute_s = round(time.perf_counter() - t0, 1)
+        print(f"== precompute into the cluster: {precompute_s}s", flush=True)
+        servers = {"single_node": Server(["serve-app", "--redis-url", single_url, *common], free_port()),
+                   "cluster": Server(["serve-app", "--redis-url", cluster.url, "--redis-cluster", *common],
+                                     free_port())}
+        try:
+            for s in servers.values():
+                wrk(s.port, paths, 16, 2, script_dir)      # warm-up
+            runs = {name: [] for name in servers}
+            for rep in range(a.repeats):
+                for name in (list(servers) if rep % 2 == 0 else list(servers)[::-1]):
+                    runs[name].append(wrk(servers[name].port, paths, 16, a.duration, script_dir))
+        finally:
+            for s in servers.values():
+                s.stop()
+    out = {name: median_run(r) for name, r in runs.items()}
+    one, many = out["single_node"], out["cluster"]
+    for name, r in out.items():
+        print(f"   {name:12s} c16 {r['rps']:7.0f} req/s p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms "
+              f"errors {r['errors']}  [{load_average()}]", flush=True)
+    return {"worker_class": DEFAULT_WORKER_CLASS, "workers": a.workers, "threads": threads,
+            "cluster_precompute_s": precompute_s, **out,
+            "ratios_cluster_to_single": {"c16_rps": round(many["rps"] / one["rps"], 3),
+                                         "c16_p99": round(many["p99_ms"] / one["p99_ms"], 3)}}
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in ("serve-app", "serve-floor"):
         run_server(sys.argv[1:])
@@ -401,8 +445,12 @@ def main() -> None:
     p.add_argument("--in-process-requests", type=int, default=5000)
     p.add_argument("--live-on", default=None, help="worker model (as in --classes) to measure the live path on; "
                    "default: the server's default worker class")
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/serving.json"))
+    p.add_argument("--cluster", action="store_true", help="only: the API against one node vs a 3-primary "
+                   "Redis Cluster at 16 connections")
+    p.add_argument("--out", default=None, help="default: benchmarks/results/serving.json (serving-cluster.json "
+                   "with --cluster)")
     a = p.parse_args()
+    a.out = a.out or str(ROOT / "benchmarks/results" / ("serving-cluster.json" if a.cluster else "serving.json"))
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install -y wrk")
     from fuserank import keys
@@ -479,6 +527,13 @@ def main() -> None:
         body_bytes = round(statistics.mean(sizes))
         results["response_bytes_mean"] = body_bytes
         print(f"== {len(sample)} users; stored list {value_bytes:.0f} B, API answer (n=10) {body_bytes} B", flush=True)
+        if a.cluster:
+            results["cluster_comparison"] = cluster_comparison(a, model_dir, settings, server.url, paths, script_dir)
+            results["load_at_end"] = uptime()
+            with open(a.out, "w") as fh:
+                json.dump(results, fh, indent=2)
+            print(f"== wrote {a.out}", flush=True)
+            return
 
         for spec in [c.strip() for c in a.classes.split(",") if c.strip()]:
             klass, _, n_workers = spec.partition(":")       # "sync:3" = 3 sync workers

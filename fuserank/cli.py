@@ -22,9 +22,10 @@ from fuserank.config import (OTHER_SECTIONS, PARAMS_FLAG, RANKING, Environment, 
 from fuserank.errors import FuseRankError
 from fuserank.failures import Tried, explain
 from fuserank.inspect import inspect_parser, run_inspect
-from fuserank.redis_client import connect
+from fuserank.redis_client import Target, connect
 from fuserank.settings_parser import (LAYERS_TEXT, SettingsParser, allow_eviction_flag, hybrid_flags, int_in,
                                       int_list, masked, number_in, redis_url_flag, shown, str_list)
+from fuserank.settings_parser import redis_url as redis_url_type
 
 log = logging.getLogger("fuserank")
 DEBUG_FLAG = "--debug"         # anywhere on the command line: failures keep their traceback
@@ -47,20 +48,38 @@ def _settings(args, model: str) -> HybridSettings:
     return HybridSettings.for_model(read_manifest(localise(model)), **vars(args))
 
 
+def _target(args) -> Target | None:
+    """Where the command's Redis is: ``--redis-url``, a node of a Redis Cluster with ``--redis-cluster``."""
+    return Target(args.redis_url, args.redis_cluster) if args.redis_url else None
+
+
 @contextlib.contextmanager
-def _redis(url: str):
+def _redis(where: Target):
     """A client whose Redis errors become one-line CLI errors (no traceback)."""
     import redis
-    client = connect(url)
+    try:
+        client = connect(where)
+    except redis.RedisError as exc:       # a cluster client reads the slot map at once
+        raise FuseRankError(explain(exc, Tried(redis_url=where.url))) from exc
     try:
         yield client
     except redis.RedisError as exc:
-        raise FuseRankError(explain(exc, Tried(redis_url=url))) from exc
+        raise FuseRankError(explain(exc, Tried(redis_url=where.url))) from exc
     finally:
         client.close()
 
 
 # -- pipeline --------------------------------------------------------------------------------------
+def _stream_id(text: str) -> str:
+    from fuserank.feedback import id_key
+    try:
+        id_key(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a stream id <ms>-<seq> (e.g. 1700000000000-0), got {text!r}") \
+            from None
+    return text
+
+
 def ingest_parser() -> SettingsParser:
     p = SettingsParser("fuserank ingest", description="Stream MyAnimeList CSVs (local or gs://) into training Parquet.")
     p.add_argument("--ratings", required=True, help="rating_complete.csv, animelist.csv or 2016 rating.csv")
@@ -72,15 +91,30 @@ def ingest_parser() -> SettingsParser:
     redis_url_flag(p, required=False, help="leave out users forgotten with `fuserank forget` (the fuserank:suppressed "
                                            "set); an unreachable Redis fails the ingest")
     p.add_argument("--suppressed-file", help="also leave out the user ids in this file (one per line; # comments)")
+    p.add_argument("--feedback", dest="feedback_url", type=redis_url_type, default=None,
+                   help="Redis URL of the feedback store: merge what users wrote through the API (newer than the "
+                        "files: it wins on duplicates) and carry over --out's earlier feedback; forgotten users are "
+                        "left out")
+    p.add_argument("--feedback-until", type=_stream_id, default=None, metavar="STREAM_ID",
+                   help="drain the feedback stream up to this id (default: its last id; the nightly job pins it)")
     return p
 
 
 def run_ingest(a) -> None:
     from fuserank.training.ingest import ingest, load_suppressed
-    suppressed, sources = load_suppressed(redis_url=a.redis_url, path=a.suppressed_file)
+    suppressed, sources = load_suppressed(redis_url=_target(a), path=a.suppressed_file)
+    rows = None
+    if a.feedback_url:
+        from fuserank.training.feedback_source import drain
+        more, _ = load_suppressed(redis_url=Target(a.feedback_url, a.redis_cluster))
+        suppressed, sources = suppressed | more, [*sources, "feedback redis"]
+        with _redis(Target(a.feedback_url, a.redis_cluster)) as client:
+            rows = drain(client, a.out, a.feedback_until, suppressed)
+    elif a.feedback_until:
+        raise FuseRankError("--feedback-until needs --feedback URL")
     manifest = ingest(a.ratings, a.out, anime=a.anime, min_user_ratings=a.min_user_ratings, seed=a.seed,
-                      lenient=a.lenient, suppressed=suppressed, suppression_sources=sources)
-    print(json.dumps(manifest["counts"], indent=2))
+                      lenient=a.lenient, suppressed=suppressed, suppression_sources=sources, feedback=rows)
+    print(json.dumps({**manifest["counts"], **({"feedback": manifest["feedback"]} if rows else {})}, indent=2))
 
 
 def train_parser() -> SettingsParser:
@@ -136,14 +170,14 @@ def precompute_parser() -> SettingsParser:
 
 
 def run_precompute(a) -> None:
-    _check_memory_policy_before_writing(a.redis_url, a.allow_eviction)
+    _check_memory_policy_before_writing(_target(a), a.allow_eviction)
     from fuserank.batch.pipeline import precompute
-    result = precompute(a.model, a.redis_url, _settings(a, a.model), a.passthrough, a.block_size)
-    result["cleanup"] = _cleanup_after_publish(a.redis_url)
+    result = precompute(a.model, _target(a), _settings(a, a.model), a.passthrough, a.block_size)
+    result["cleanup"] = _cleanup_after_publish(_target(a))
     print(json.dumps(result, indent=2))
 
 
-def _check_memory_policy_before_writing(redis_url: str, allow_eviction: bool) -> None:
+def _check_memory_policy_before_writing(redis_url: Target, allow_eviction: bool) -> None:
     """Refuse an evicting or unreachable Redis before hours of scoring, not after. A Redis that answers but
     does not let CONFIG GET be run (some managed ones) is only warned about."""
     import redis
@@ -159,7 +193,7 @@ def _check_memory_policy_before_writing(redis_url: str, allow_eviction: bool) ->
         client.close()
 
 
-def _cleanup_after_publish(redis_url: str) -> dict:
+def _cleanup_after_publish(redis_url: Target) -> dict:
     """After a successful publish: drop versions older than current and previous. The publish already
     happened, so a failure here is logged and reported, not fatal (the next run or `fuserank cleanup` retries)."""
     from fuserank.publish import cleanup
@@ -222,7 +256,7 @@ def demo_parser() -> SettingsParser:
 
 def run_demo(a) -> None:
     from fuserank.demo import run_demo
-    run_demo(a.ratings, a.anime, a.work_dir, a.redis_url, a.min_user_ratings, a.epochs, a.host, a.port,
+    run_demo(a.ratings, a.anime, a.work_dir, _target(a), a.min_user_ratings, a.epochs, a.host, a.port,
              serve=not a.no_serve, objective=a.objective)
 
 
@@ -272,7 +306,7 @@ def publish_parser() -> SettingsParser:
 
 def run_publish(a) -> None:
     from fuserank.publish import check_memory_policy, publish_version
-    with _redis(a.redis_url) as client:
+    with _redis(_target(a)) as client:
         check_memory_policy(client, a.allow_eviction)
         print(json.dumps({"current": a.version, "previous": publish_version(client, a.version)}))
 
@@ -286,7 +320,7 @@ def rollback_parser() -> SettingsParser:
 
 def run_rollback(a) -> None:
     from fuserank.publish import check_memory_policy, rollback
-    with _redis(a.redis_url) as client:
+    with _redis(_target(a)) as client:
         # an emergency tool: an evicting memory policy is reported loudly, never in the way
         check_memory_policy(client, allow_eviction=True, override="rolling back anyway")
         was, now = rollback(client)
@@ -312,7 +346,7 @@ def cleanup_parser() -> SettingsParser:
 
 def run_cleanup(a) -> None:
     from fuserank.publish import cleanup, remove_versions
-    with _redis(a.redis_url) as client:
+    with _redis(_target(a)) as client:
         if a.version:
             result = remove_versions(client, a.version, a.batch_size, a.scan_count, a.dry_run)
         else:
@@ -330,7 +364,7 @@ def forget_parser() -> SettingsParser:
 
 def run_forget(a) -> None:
     from fuserank.privacy import forget
-    with _redis(a.redis_url) as client:
+    with _redis(_target(a)) as client:
         print(json.dumps(forget(client, a.user)))
 
 

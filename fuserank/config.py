@@ -254,6 +254,7 @@ class ServeSettings:
 
     model: str
     redis_url: str
+    redis_cluster: bool = False              # redis_url names a node of a Redis Cluster
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 2

@@ -26,9 +26,11 @@ def _stage(name: str, fn, *args, **kwargs):
     return result
 
 
-def run_demo(ratings, anime, work_dir, redis_url, min_user_ratings=20, epochs=None, host="127.0.0.1",
+def run_demo(ratings, anime, work_dir, redis, min_user_ratings=20, epochs=None, host="127.0.0.1",
              port=8000, serve=True, objective="ranking"):
+    """``redis``: a fuserank.redis_client.Target (or URL); None starts an embedded redis-server."""
     from fuserank.batch.pipeline import precompute
+    from fuserank.redis_client import Target, target
     from fuserank.redis_server import LocalRedis, check_reachable, ensure_port_free, interrupt_on_term
     from fuserank.training.ingest import ingest
     from fuserank.training.train import train
@@ -42,14 +44,15 @@ def run_demo(ratings, anime, work_dir, redis_url, min_user_ratings=20, epochs=No
             logging.getLogger(name).setLevel(logging.WARNING)
     if serve:
         ensure_port_free(host, port, "the demo's API port")
-    if redis_url:
-        check_reachable(redis_url)
+    if redis:
+        redis = target(redis)
+        check_reachable(redis)
     data_dir, model_dir = os.path.join(work_dir, "data"), os.path.join(work_dir, "model")
     local = None
-    if not redis_url:
+    if not redis:
         local = LocalRedis()
-        redis_url = local.url
-        print(f"== started embedded redis-server ({local.binary}) at {redis_url}", flush=True)
+        redis = Target(local.url)
+        print(f"== started embedded redis-server ({local.binary}) at {redis.url}", flush=True)
     try:
         _stage("ingest", ingest, ratings, data_dir, anime=anime, min_user_ratings=min_user_ratings)
         manifest = _stage("train", train, data_dir, model_dir, epochs=epochs, objective=objective)
@@ -61,12 +64,13 @@ def run_demo(ratings, anime, work_dir, redis_url, min_user_ratings=20, epochs=No
             print(f"   {objective} objective: held-out NDCG@10 {m['test_ndcg_at_10']:.4f} (served hybrid, test split), "
                   f"best epoch {m['best_epoch']}; chosen {manifest['chosen']['model']} {manifest['chosen']['hybrid']}",
                   flush=True)
-        result = _stage("precompute", precompute, model_dir, redis_url)
+        result = _stage("precompute", precompute, model_dir, redis)
         print(f"   published list version {result['version']}: {result['users']} users, {result['anime']} anime",
               flush=True)
         from fuserank.api.service import RecommendationService
         from fuserank.config import ServeSettings
-        service = RecommendationService(ServeSettings(model=model_dir, redis_url=redis_url))
+        service = RecommendationService(ServeSettings(model=model_dir, redis_url=redis.url,
+                                                      redis_cluster=redis.cluster))
         users = [int(u) for u in service.model.user_ids[:2]]
         for uid in users:
             answer = service.user_recommendations(uid, 5)
@@ -84,7 +88,8 @@ def run_demo(ratings, anime, work_dir, redis_url, min_user_ratings=20, epochs=No
             # TensorFlow (training above) leaves its thread pools broken in the children.
             interrupt_on_term()   # also when started in the background
             server = subprocess.Popen([sys.executable, "-m", "fuserank", "serve", "--model", model_dir,
-                                       "--redis-url", redis_url, "--host", host, "--port", str(port),
+                                       "--redis-url", redis.url, *(["--redis-cluster"] if redis.cluster else []),
+                                       "--host", host, "--port", str(port),
                                        *(["--verbose"] if logs.verbose() else [])])
             try:
                 code = server.wait()

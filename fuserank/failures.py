@@ -35,15 +35,22 @@ def _redis(exc, tried: Tried) -> str | None:
     where = f"Redis at {redact(tried.redis_url)}" if tried.redis_url else "Redis"
     if isinstance(exc, ValueError) and _raised_in(exc, "redis"):      # a URL redis-py cannot open
         return f"{where}: {exc}: pass --redis-url redis://HOST:PORT/DB (or set REDIS_URL)"
+    detail = str(exc).strip().rstrip(".") or type(exc).__name__
+    if isinstance(exc, redis.exceptions.RedisClusterException):      # the cluster client's start-up
+        if "not enabled" in detail:
+            return f"{where} is no Redis Cluster node ({detail}): leave out --redis-cluster / FUSERANK_REDIS_CLUSTER"
+        return f"cannot reach the Redis Cluster at {where} ({detail.split(':')[0]}): {START_REDIS}"
     if not isinstance(exc, redis.RedisError):
         return None
-    detail = str(exc).strip().rstrip(".") or type(exc).__name__
     if isinstance(exc, redis.AuthenticationError) or "NOAUTH" in detail or "WRONGPASS" in detail:
         given = "a wrong password" if tried.redis_url and "@" in tried.redis_url else "no password"
         return (f"{where} refused the connection: it needs a password and the URL has {given}; put the right "
                 "one in the URL (redis://:PASSWORD@HOST:PORT/DB)")
     if isinstance(exc, redis.TimeoutError):
         return f"{where} did not answer in time ({detail}): check the host, port and network, or {START_REDIS}"
+    if isinstance(exc, redis.exceptions.AskError):          # MOVED or ASK: a cluster node, a single-node client
+        return (f"{where} is a node of a Redis Cluster (it redirected a key to {detail}): pass --redis-cluster "
+                "(or set FUSERANK_REDIS_CLUSTER=1)")
     if isinstance(exc, redis.ConnectionError):
         return f"cannot reach {where} ({detail}): is a redis-server running there? {START_REDIS}"
     return f"{where} refused a command ({detail}): check that the URL names a Redis FuseRank may write to"

@@ -14,11 +14,17 @@ Later events win over earlier ones for the same (user, anime), in stream order.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Iterator
 
+import redis
+
 from fuserank import keys
+from fuserank.redis_client import layout
+
+log = logging.getLogger("fuserank.feedback")
 
 ENTRY_KINDS = ("rating", "status", "delete")
 SIGNAL_KINDS = ("impression", "click")
@@ -108,3 +114,151 @@ def user_entries(client, user_id: int) -> dict[int, dict]:
     last trimmed."""
     raw = client.hgetall(keys.feedback_user(user_id))
     return {int(k): json.loads(v) for k, v in raw.items()}
+
+
+# ---------------------------------------------------------------- what a published version holds, and trimming
+
+NONE = "0-0"                       # a stream id below every real one: "no feedback"
+STREAM_KEEP_S = 9 * 86400          # the stream keeps every event this long (online evaluation's 7-day window + 2)
+_TRIM_INDEX = """
+local n = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then n = n + redis.call('HDEL', KEYS[1], ARGV[i]) end
+end
+return n
+"""
+
+
+def _text(value) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def id_key(entry_id: str) -> tuple[int, int]:
+    """A stream id ``"<ms>-<seq>"`` as a comparable pair; ValueError naming it when it is none."""
+    ms, sep, seq = str(entry_id).partition("-")
+    try:
+        return int(ms), int(seq) if sep else 0
+    except ValueError:
+        raise ValueError(f"feedback_until: expected a stream id <ms>-<seq>, got {entry_id!r}") from None
+
+
+def after(entry_id: str) -> str:
+    """The smallest stream id greater than ``entry_id``."""
+    ms, seq = id_key(entry_id)
+    return f"{ms}-{seq + 1}"
+
+
+def head(client) -> tuple[str, int]:
+    """``(last id ever added, entries ever added)`` of the stream, read in one command (XINFO STREAM);
+    ``(NONE, 0)`` before the first write. Redis < 7 has no counter: the stream length stands in."""
+    if not client.exists(keys.FEEDBACK_EVENTS):
+        return NONE, 0
+    info = client.xinfo_stream(keys.FEEDBACK_EVENTS)
+    added = info.get("entries-added", info.get(b"entries-added"))
+    return _text(info["last-generated-id"]), int(added if added is not None else info["length"])
+
+
+def added_until(client, until: str) -> int:
+    """How many entries the stream had taken when ``until`` was added (entries-added less the newer ones)."""
+    last, added = head(client)
+    if id_key(until) >= id_key(last):
+        return added
+    return added - sum(1 for _ in read(client, "(" + until, last))
+
+
+def version_feedback(client, version: str | None) -> tuple[str, int]:
+    """``(feedback_until, feedback_added)`` recorded in a list version's meta; ``(NONE, 0)`` when it holds none."""
+    if version is None:
+        return NONE, 0
+    until, added = client.hmget(layout(client).meta(version), "feedback_until", "feedback_added")
+    return _text(until) or NONE, int(added or 0)
+
+
+def published_until(client) -> str:
+    """The stream id every version that may be served (current, and previous for a rollback) holds."""
+    versions = [_text(v) for v in (client.get(layout(client).current), client.get(layout(client).previous)) if v is not None]
+    if not versions:
+        return NONE
+    return min((version_feedback(client, v)[0] for v in versions), key=id_key)
+
+
+def trim_published(client, now=time.time, keep_s: float = STREAM_KEEP_S) -> dict:
+    """After a publish: drop what every servable version already holds.
+
+    Per-user index entries with id <= ``published_until`` go (only where the index still holds that very
+    entry: a newer write to the same anime meanwhile stays), then the stream is trimmed below the same id,
+    but never below ``keep_s`` ago (online evaluation reads impressions and ratings from the stream). The
+    hash ``keys.FEEDBACK_TRIMMED`` records both marks; ``fuserank ingest --feedback`` checks the stream
+    mark against the feedback it carries over. Single-key commands only (Redis Cluster).
+    """
+    until = published_until(client)
+    marks = {_text(k): _text(v) for k, v in client.hgetall(keys.FEEDBACK_TRIMMED).items()}
+    done = marks.get("index", NONE)
+    index_removed = 0
+    if id_key(until) > id_key(done):
+        script = client.register_script(_TRIM_INDEX)
+        users = {e.user_id for e in read(client, "(" + done, until) if e.kind in ENTRY_KINDS}
+        for user_id in sorted(users):
+            stale = [(field, value) for field, value in client.hgetall(keys.feedback_user(user_id)).items()
+                     if id_key(json.loads(value)["id"]) <= id_key(until)]
+            if stale:
+                index_removed += int(script(keys=[keys.feedback_user(user_id)],
+                                            args=[x for pair in stale for x in pair]))
+        client.hset(keys.FEEDBACK_TRIMMED, "index", until)
+    stream_removed = 0
+    if until != NONE:
+        floor = min(after(until), f"{max(int((now() - keep_s) * 1000), 0)}-0", key=id_key)
+        if id_key(floor) > id_key(marks.get("stream", NONE)):
+            stream_removed = int(client.xtrim(keys.FEEDBACK_EVENTS, minid=floor, approximate=False))
+            client.hset(keys.FEEDBACK_TRIMMED, "stream", floor)
+    return {"until": until, "index_entries": index_removed, "stream_entries": stream_removed}
+
+
+def trim_after_publish(client) -> dict | None:
+    """``trim_published`` where a publish happens: the pointer has moved, so a failed trim is logged, not raised
+    (the next publish trims what this one left)."""
+    try:
+        result = trim_published(client)
+    except (redis.RedisError, ValueError) as exc:
+        log.warning("feedback store not trimmed after the publish (%s: %s); the next publish retries",
+                    type(exc).__name__, exc)
+        return None
+    if result["index_entries"] or result["stream_entries"]:
+        log.info("feedback store trimmed up to %s: %d index entries, %d stream entries", result["until"],
+                 result["index_entries"], result["stream_entries"])
+    return result
+
+
+def trimmed_below(client) -> str:
+    """Every stream id below this one may have been trimmed (NONE: nothing was)."""
+    return _text(client.hget(keys.FEEDBACK_TRIMMED, "stream")) or NONE
+
+
+def backlog(client, now=time.time) -> dict:
+    """Events the served version does not hold yet, and the oldest one's age in seconds (None: no backlog).
+
+    Three commands: the version's meta, XINFO STREAM's entries-added counter against the one recorded at
+    ingest, and XRANGE COUNT 1 after its ``feedback_until``. Events a `fuserank forget` deleted since still
+    count until the next publish.
+    """
+    until, added = version_feedback(client, _text(client.get(layout(client).current)))
+    _, total = head(client)
+    oldest = client.xrange(keys.FEEDBACK_EVENTS, min="(" + until, max="+", count=1)
+    age = max(0.0, now() - id_key(_text(oldest[0][0]))[0] / 1000) if oldest else None
+    return {"events": max(0, total - added) if oldest else 0, "oldest_age_s": age}
+
+
+def forget_user(client, user_id: int, page: int = 10_000) -> dict:
+    """Delete every event of ``user_id`` from the stream (XDEL, page by page), their index and their fresh list."""
+    removed = 0
+    batch: list[str] = []
+    for event in read(client, page=page):
+        if event.user_id == int(user_id):
+            batch.append(event.id)
+        if len(batch) >= 1000:
+            removed += int(client.xdel(keys.FEEDBACK_EVENTS, *batch))
+            batch = []
+    if batch:
+        removed += int(client.xdel(keys.FEEDBACK_EVENTS, *batch))
+    return {"events_deleted": removed, "index_deleted": int(client.delete(keys.feedback_user(user_id))),
+            "fresh_deleted": int(client.delete(keys.feedback_fresh(user_id)))}

@@ -8,6 +8,8 @@ Importable functions return plain dicts/lists; ``format_*`` turn them into align
     list_versions(r)                                     every list version: state, key counts, memory
     diff_user(r, user_id, against, version=None, names=None)  how a user's list changed between versions
     sample_keys(r, n, version=None, names=None)          n random list keys of a version, decoded
+    online_report(r, version=None)                       online evaluation per list version and day, and the
+                                                         feedback backlog (fuserank.evaluation.online)
 
 Every key comes from fuserank.keys; ``parse_key`` reads one back (version, kind, id).
 """
@@ -24,7 +26,7 @@ from fuserank import keys
 from fuserank.errors import FuseRankError
 from fuserank.failures import Tried, explain
 from fuserank.publish import SCAN_COUNT, current_version, read_meta, scan_version
-from fuserank.redis_client import connect
+from fuserank.redis_client import connect, get_many, layout, target
 from fuserank.settings_parser import SettingsParser, int_in, redis_url_flag
 
 PIPELINE_BATCH = 500    # MEMORY USAGE / GET commands per pipeline
@@ -65,7 +67,7 @@ def load_names(model_dir: str) -> tuple[dict[int, str], str]:
 
 
 def _published(r: redis.Redis) -> dict[str, float]:
-    return {m.decode(): s for m, s in r.zrange(keys.VERSIONS, 0, -1, withscores=True)}
+    return {m.decode(): s for m, s in r.zrange(layout(r).versions, 0, -1, withscores=True)}
 
 
 def _pointer(r: redis.Redis, key: str) -> str | None:
@@ -74,12 +76,13 @@ def _pointer(r: redis.Redis, key: str) -> str | None:
 
 
 def _version_known(r: redis.Redis, version: str) -> bool:
-    return bool(r.exists(keys.meta(version))) or r.zscore(keys.VERSIONS, version) is not None
+    k = layout(r)
+    return bool(r.exists(k.meta(version))) or r.zscore(k.versions, version) is not None
 
 
 def _known_versions(r: redis.Redis) -> list[str]:
     found = set(_published(r))
-    for k in r.scan_iter(match=keys.meta("*"), count=SCAN_COUNT):
+    for k in r.scan_iter(match=layout(r).meta_pattern(), count=SCAN_COUNT):
         p = keys.parse_key(k)
         if p:
             found.add(p["version"])
@@ -91,7 +94,7 @@ def resolve_version(r: redis.Redis, version: str | None = None) -> str:
     if version is None:
         current = current_version(r)
         if current is None:
-            raise InspectError(f"no published list version in Redis ({keys.CURRENT} is not set): "
+            raise InspectError(f"no published list version in Redis ({layout(r).current} is not set): "
                                "run `fuserank precompute` first, or pass --version")
         return current
     if not _version_known(r, version) and next(iter(scan_version(r, version)), None) is None:
@@ -160,7 +163,7 @@ def list_versions(r: redis.Redis, memory: bool = True) -> list[dict]:
     all keys, and the summed ``MEMORY USAGE`` of its keys (pipelined). Oldest first.
     """
     published = _published(r)
-    current, previous = current_version(r), _pointer(r, keys.PREVIOUS)
+    current, previous = current_version(r), _pointer(r, layout(r).previous)
     stats: dict[str, dict] = {v: {"users": 0, "anime": 0, "meta": 0, "keys": 0, "memory_bytes": 0}
                               for v in published}
 
@@ -292,7 +295,7 @@ def sample_keys(r: redis.Redis, n: int, version: str | None = None, names: dict 
     out = []
     for start in range(0, len(picked), PIPELINE_BATCH):
         chunk = picked[start:start + PIPELINE_BATCH]
-        for k, raw in zip(chunk, r.mget(chunk)):
+        for k, raw in zip(chunk, get_many(r, chunk)):
             if raw is None:      # deleted since it was seen
                 continue
             p = keys.parse_key(k)
@@ -319,7 +322,7 @@ def format_table(headers: list[str], rows: list[list], right: set[int] | None = 
 
 
 def _score(s):
-    return None if s is None else f"{s:.4f}"
+    return "-" if s is None else f"{s:.4f}"
 
 
 def _because(reasons: dict | None) -> str:
@@ -414,6 +417,32 @@ def format_sample(sample: list[dict], with_names: bool, preview: int = 3) -> str
         headers, rows, right={2, len(headers) - 2})
 
 
+def online_report(r: redis.Redis, version: str | None = None) -> dict:
+    """The feedback backlog and each list version's online figures, in total and per day (stored days, with
+    those not final yet recomputed from the stream; nothing is written)."""
+    from fuserank import feedback
+    from fuserank.evaluation import online
+    versions = online.by_version(online.figures(r), version)
+    if version is not None and not versions:
+        raise InspectError(f"no impressions of list version {version} in the feedback store")
+    return {"backlog": feedback.backlog(r), "versions": versions}
+
+
+def format_online(d: dict) -> str:
+    backlog = d["backlog"]
+    age = backlog["oldest_age_s"]
+    lines = [f"feedback backlog: {backlog['events']} events" + (f", oldest {age:.0f}s" if age is not None else ""), ""]
+    rows = []
+    for version, entry in d["versions"].items():
+        for day, f in [("total", entry["total"]), *entry["days"].items()]:
+            rows.append([version if day == "total" else "", day, f["lists"], f["clicked"], f["hits"],
+                         _score(f["click_share"]), _score(f["hit_rate_at_10"]), "yes" if f["final"] else "no"])
+    if not rows:
+        return "\n".join(lines + ["no impressions in the feedback store"])
+    return "\n".join(lines) + format_table(["list version", "day", "lists", "clicked", "hits", "click share",
+                                            "hit rate@10", "final"], rows, right={2, 3, 4, 5, 6})
+
+
 # -- the command ------------------------------------------------------------------------------------
 def inspect_parser() -> SettingsParser:
     p = SettingsParser("fuserank inspect", description="Look at the lists precompute stored in a live Redis "
@@ -438,6 +467,8 @@ def inspect_parser() -> SettingsParser:
     s.add_argument("--against", required=True, help="the older list version to compare with")
     add("sample", "N random list keys of a version, decoded, to eyeball").add_argument(
         "n", type=int_in(1, 10000), metavar="N")
+    add("online", "online evaluation per list version and day (served lists, click share, hit rate@10) and "
+        "the feedback backlog", named=False)
     return p
 
 
@@ -447,9 +478,9 @@ def run_inspect(a) -> None:
     notes = []
     if getattr(a, "model", None):
         names, model_version = load_names(a.model)
-    elif a.what != "versions":
+    elif a.what not in ("versions", "online"):
         notes.append("anime names are not stored in Redis: showing ids only (pass --model MODEL_DIR to name them)")
-    client = connect(a.redis_url)
+    client = connect(target(a.redis_url, a.redis_cluster))
     try:
         if a.what == "user":
             result = inspect_user(client, a.user_id, a.version, names)
@@ -460,6 +491,9 @@ def run_inspect(a) -> None:
         elif a.what == "versions":
             result = list_versions(client)
             text = format_versions(result)
+        elif a.what == "online":
+            result = online_report(client, a.version)
+            text = format_online(result)
         elif a.what == "diff":
             result = diff_user(client, a.user_id, a.against, a.version, names)
             text = format_diff(result, names is not None)

@@ -13,10 +13,24 @@ precompute never overwrites what is being served; one pointer names the version 
     fuserank:v:{version}:a:{anime_id} -> anime's nearest neighbours
     fuserank:feedback:events         -> stream: every acknowledged feedback write (fuserank.feedback)
     fuserank:feedback:u:{user_id}    -> hash: anime_id -> the user's latest feedback entry
+    fuserank:feedback:trimmed        -> hash: stream (every id below it was trimmed), index (entries <= it removed)
+    fuserank:online:daily            -> hash: "{list_version}|{day}" -> online evaluation figures (JSON)
+    fuserank:online:lock             -> held (SET NX EX) by the API worker refreshing the online figures
+    fuserank:feedback:fresh:{user_id} -> hash: the user's fresh list and the feedback it was built from
+    fuserank:web:secret              -> the web page's CSRF signing secret, shared by every API pod
+
+Those are the single-node names (the module's constants and ``meta`` / ``user`` / ``anime``). A Redis
+Cluster uses ``Layout(cluster=True)``: what the publish changes or checks atomically (current, previous,
+versions, every version's meta) and the suppression set read with them carry the hash tag ``{fuserank}``
+and so share one slot, while user and anime lists keep their names and spread over every slot:
+
+    {fuserank}:current  {fuserank}:previous  {fuserank}:versions  {fuserank}:suppressed
+    {fuserank}:v:{version}:meta
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from itertools import accumulate
 
 
@@ -27,6 +41,10 @@ VERSIONS = f"{PREFIX}:versions"
 SUPPRESSED = f"{PREFIX}:suppressed"   # set of user ids that asked to be forgotten
 RATE_LIMIT = f"{PREFIX}:ratelimit"    # the API's fixed-window POST counters
 FEEDBACK_EVENTS = f"{PREFIX}:feedback:events"
+FEEDBACK_TRIMMED = f"{PREFIX}:feedback:trimmed"
+ONLINE_DAILY = f"{PREFIX}:online:daily"
+ONLINE_LOCK = f"{PREFIX}:online:lock"
+WEB_SECRET = f"{PREFIX}:web:secret"
 _VERSION_HEAD = f"{PREFIX}:v:"
 _SEGMENTS = {"u": "user", "a": "anime"}
 
@@ -51,21 +69,78 @@ def feedback_user(user_id: int) -> str:
     return f"{PREFIX}:feedback:u:{int(user_id)}"
 
 
+def feedback_fresh(user_id: int) -> str:
+    return f"{PREFIX}:feedback:fresh:{int(user_id)}"
+
+
 def version_pattern(version: str) -> str:
     """MATCH pattern for an offline SCAN of one version's keys (inspection and clean-up, never requests)."""
     return f"{PREFIX}:v:{version}:*"
 
 
+CLUSTER_TAG = "{" + PREFIX + "}"   # the hash tag of the keys that change together in a Redis Cluster
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The key names of one deployment: a single node (``cluster=False``: the names above) or a Redis Cluster.
+
+    Callers get theirs from the client they talk to (``fuserank.redis_client.layout``), never from a
+    process-wide switch.
+    """
+
+    cluster: bool = False
+
+    @property
+    def _head(self) -> str:
+        return CLUSTER_TAG if self.cluster else PREFIX
+
+    @property
+    def current(self) -> str:
+        return f"{self._head}:current"
+
+    @property
+    def previous(self) -> str:
+        return f"{self._head}:previous"
+
+    @property
+    def versions(self) -> str:
+        return f"{self._head}:versions"
+
+    @property
+    def suppressed(self) -> str:
+        return f"{self._head}:suppressed"
+
+    def meta(self, version: str) -> str:
+        return f"{self._head}:v:{version}:meta"
+
+    user = staticmethod(user)
+    anime = staticmethod(anime)
+
+    def version_pattern(self, version: str) -> str:
+        """MATCH pattern of one version's list keys (on a single node its meta matches too)."""
+        return version_pattern(version)
+
+    def meta_pattern(self) -> str:
+        """MATCH pattern of every version's meta (an offline SCAN for versions)."""
+        return self.meta("*")
+
+
+SINGLE, CLUSTER = Layout(cluster=False), Layout(cluster=True)
+
+
 def parse_key(key: bytes | str) -> dict | None:
     """``{"version", "kind": "meta"|"user"|"anime", "id": int|None}`` for a list-version key, else None.
 
-    The inverse of meta / user / anime, for offline inspection.
+    The inverse of meta / user / anime, for offline inspection (of either Layout's names).
     """
     if isinstance(key, bytes):
         try:
             key = key.decode()
         except UnicodeDecodeError:
             return None
+    if key.startswith(CLUSTER_TAG):
+        key = PREFIX + key[len(CLUSTER_TAG):]
     if not key.startswith(_VERSION_HEAD):
         return None
     rest = key[len(_VERSION_HEAD):]

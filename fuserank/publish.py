@@ -16,6 +16,12 @@ WATCH/MULTI transaction that also checks it is neither current nor previous; eve
 that mark under WATCH, and ``_flip`` only points at a version whose meta says ``complete`` at the moment
 of the flip. So cleanup, publish and rollback can race without the pointer ever naming a version whose
 keys are going away.
+
+Against a Redis Cluster (a client from ``fuserank.redis_client.connect`` with a cluster Target) the same
+functions use the cluster key layout (fuserank.keys.Layout): the pointers, the version set and every meta
+share one slot, so the WATCH/MULTI transactions above stay single-slot and atomic; SCANs visit every
+primary (redis-py's ``scan_iter``). One thing a transaction cannot cover there: a batch of list keys spans
+many slots, so each UNLINK batch follows its own check of the mark instead of sharing its transaction.
 """
 from __future__ import annotations
 
@@ -26,7 +32,9 @@ import time
 import redis
 
 from fuserank import keys
+from fuserank.feedback import trim_after_publish
 from fuserank.errors import FuseRankError
+from fuserank.redis_client import layout
 
 log = logging.getLogger("fuserank.publish")
 
@@ -42,11 +50,11 @@ class PublishError(FuseRankError):
 
 
 def write_meta(r: redis.Redis, version: str, fields: dict) -> None:
-    r.hset(keys.meta(version), mapping={k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()})
+    r.hset(layout(r).meta(version), mapping={k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()})
 
 
 def read_meta(r: redis.Redis, version: str) -> dict:
-    raw = r.hgetall(keys.meta(version))
+    raw = r.hgetall(layout(r).meta(version))
     out = {}
     for k, v in raw.items():
         k, v = k.decode(), v.decode()
@@ -67,9 +75,13 @@ def _glob_escape(text: str) -> str:
 
 
 def scan_version(r: redis.Redis, version: str, count: int = SCAN_COUNT):
-    """Keys of one version (of every version for ``"*"``), by an offline SCAN."""
-    pattern = keys.version_pattern("*" if version == "*" else _glob_escape(version))
-    return r.scan_iter(match=pattern, count=count)
+    """Keys of one version (of every version for ``"*"``), its meta among them, by an offline SCAN (of every
+    primary on a cluster, where the metas have their own names and slot)."""
+    k = layout(r)
+    literal = "*" if version == "*" else _glob_escape(version)
+    yield from r.scan_iter(match=k.version_pattern(literal), count=count)
+    if k.cluster:
+        yield from r.scan_iter(match=k.meta(literal), count=count)
 
 
 def count_version_keys(r: redis.Redis, version: str, exclude_users: frozenset = frozenset()) -> tuple[dict, list]:
@@ -99,7 +111,7 @@ def publish(r: redis.Redis, version: str, written: dict, expected: dict) -> str 
         got = written.get(kind, 0)
         if got != want:
             raise PublishError(f"list version {version}: wrote {got} {kind} lists, model has {want}; not published")
-    forgotten = frozenset(int(x) for x in r.smembers(keys.SUPPRESSED))
+    forgotten = frozenset(int(x) for x in r.smembers(layout(r).suppressed))
     present, stale = count_version_keys(r, version, forgotten)
     for start in range(0, len(stale), UNLINK_BATCH):
         r.unlink(*stale[start:start + UNLINK_BATCH])
@@ -119,40 +131,43 @@ def _flip(r: redis.Redis, version: str) -> str | None:
     a complete version: a pointer naming none (a hand edit) is not kept as a rollback target. Returns what
     ``previous`` holds afterwards (unchanged when ``version`` was already current).
     """
-    with r.pipeline() as pipe:
+    k = layout(r)
+    with r.pipeline(transaction=True) as pipe:
         while True:
             try:
-                pipe.watch(keys.CURRENT, keys.PREVIOUS, keys.meta(version))
-                state = _decode(pipe.hget(keys.meta(version), "state"))
+                pipe.watch(k.current, k.previous, k.meta(version))
+                state = _decode(pipe.hget(k.meta(version), "state"))
                 if state != "complete":
                     raise PublishError(f"list version {version!r} is "
                                        f"{'not in Redis' if state is None else repr(state)}; "
                                        "only a completely written version can be published")
-                old, previous = _decode(pipe.get(keys.CURRENT)), _decode(pipe.get(keys.PREVIOUS))
+                old, previous = _decode(pipe.get(k.current)), _decode(pipe.get(k.previous))
                 replaced = old is not None and old != version
-                if replaced and _decode(pipe.hget(keys.meta(old), "state")) != "complete":
+                if replaced and _decode(pipe.hget(k.meta(old), "state")) != "complete":
                     log.warning("%s named %r, which is no complete list version: not kept as previous",
-                                keys.CURRENT, old[:200])
+                                k.current, old[:200])
                     replaced = False
                 pipe.multi()
                 if replaced:
-                    pipe.set(keys.PREVIOUS, old)
+                    pipe.set(k.previous, old)
                     previous = old
-                pipe.set(keys.CURRENT, version)
-                pipe.zadd(keys.VERSIONS, {version: time.time()})
+                pipe.set(k.current, version)
+                pipe.zadd(k.versions, {version: time.time()})
                 pipe.execute()
-                return previous
+                break
             except redis.WatchError:
                 continue
+    trim_after_publish(r)
+    return previous
 
 
 def current_version(r: redis.Redis) -> str | None:
-    v = r.get(keys.CURRENT)
+    v = r.get(layout(r).current)
     return v.decode() if v is not None else None
 
 
 def previous_version(r: redis.Redis) -> str | None:
-    v = r.get(keys.PREVIOUS)
+    v = r.get(layout(r).previous)
     return v.decode() if v is not None else None
 
 
@@ -169,7 +184,7 @@ def verify_stored(r: redis.Redis, version: str) -> dict:
     if not isinstance(want, dict) or not all(isinstance(want.get(k), int) for k in ("users", "anime")):
         raise PublishError(f"list version {version}: its meta records no written counts, so its lists cannot be "
                            "verified; rerun the precompute")
-    forgotten = frozenset(int(x) for x in r.smembers(keys.SUPPRESSED))
+    forgotten = frozenset(int(x) for x in r.smembers(layout(r).suppressed))
     present, _ = count_version_keys(r, version, forgotten)
     short = [f"{present[k]} of {want[k]} {k} lists" for k in ("users", "anime")
              if present[k] < want[k] - (len(forgotten) if k == "users" else 0)]
@@ -193,7 +208,7 @@ def publish_version(r: redis.Redis, version: str) -> str | None:
 
 def rollback(r: redis.Redis) -> tuple[str, str]:
     """Swap ``current`` and ``previous`` (`fuserank rollback`) after verifying previous; returns (from, to)."""
-    previous = r.get(keys.PREVIOUS)
+    previous = r.get(layout(r).previous)
     current = current_version(r)
     if previous is None or current is None:
         raise PublishError("nothing to roll back to: no previous list version is recorded")
@@ -206,15 +221,16 @@ def rollback(r: redis.Redis) -> tuple[str, str]:
 # ------------------------------------------------------------------------------------------------
 def _mark_deleting(r: redis.Redis, version: str) -> bool:
     """Mark ``version`` unpublishable unless it is current or previous (atomically); False if it is."""
-    with r.pipeline() as pipe:
+    k = layout(r)
+    with r.pipeline(transaction=True) as pipe:
         while True:
             try:
-                pipe.watch(keys.CURRENT, keys.PREVIOUS, keys.meta(version))
-                if version in (_decode(pipe.get(keys.CURRENT)), _decode(pipe.get(keys.PREVIOUS))):
+                pipe.watch(k.current, k.previous, k.meta(version))
+                if version in (_decode(pipe.get(k.current)), _decode(pipe.get(k.previous))):
                     pipe.unwatch()
                     return False
                 pipe.multi()
-                pipe.hset(keys.meta(version), "state", DELETING)
+                pipe.hset(k.meta(version), "state", DELETING)
                 pipe.execute()
                 return True
             except redis.WatchError:
@@ -222,13 +238,15 @@ def _mark_deleting(r: redis.Redis, version: str) -> bool:
 
 
 def _guarded(r: redis.Redis, version: str, command) -> bool:
-    """Run ``command(pipe)`` in MULTI only while ``version`` is still marked deleting and not served."""
-    with r.pipeline() as pipe:
+    """Run ``command(pipe)`` in MULTI only while ``version`` is still marked deleting and not served
+    (``command``'s keys in the meta's slot on a cluster)."""
+    k = layout(r)
+    with r.pipeline(transaction=True) as pipe:
         while True:
             try:
-                pipe.watch(keys.CURRENT, keys.PREVIOUS, keys.meta(version))
-                state = _decode(pipe.hget(keys.meta(version), "state"))
-                served = (_decode(pipe.get(keys.CURRENT)), _decode(pipe.get(keys.PREVIOUS)))
+                pipe.watch(k.current, k.previous, k.meta(version))
+                state = _decode(pipe.hget(k.meta(version), "state"))
+                served = (_decode(pipe.get(k.current)), _decode(pipe.get(k.previous)))
                 if state != DELETING or version in served:
                     pipe.unwatch()
                     return False
@@ -240,6 +258,18 @@ def _guarded(r: redis.Redis, version: str, command) -> bool:
                 continue
 
 
+def _unlink_guarded(r: redis.Redis, version: str, chunk: list) -> bool:
+    """UNLINK one batch of ``version``'s list keys while it is marked deleting and not served: in the mark's
+    transaction on one node; on a cluster (the batch spans slots) right after a transaction that checks it,
+    the UNLINKs pipelined per node."""
+    if not layout(r).cluster:
+        return _guarded(r, version, lambda pipe: pipe.unlink(*chunk))
+    if not _guarded(r, version, lambda pipe: pipe.hget(layout(r).meta(version), "state")):
+        return False
+    r.unlink(*chunk)
+    return True
+
+
 def remove_version(r: redis.Redis, version: str, batch_size: int = UNLINK_BATCH,
                    scan_count: int = SCAN_COUNT) -> int | None:
     """Delete one version's keys by SCAN MATCH + UNLINK in batches, then its meta and its zset entry.
@@ -247,7 +277,8 @@ def remove_version(r: redis.Redis, version: str, batch_size: int = UNLINK_BATCH,
     Returns the number of keys removed, or None when the version is (or became) current/previous or was
     published again meanwhile (what was already unlinked is then reported by the next publish's count).
     """
-    meta_key = keys.meta(version).encode()
+    k = layout(r)
+    meta_key = k.meta(version).encode()
     had_meta = bool(r.exists(meta_key))      # a killed precompute leaves lists and no meta: the mark adds one
     if not _mark_deleting(r, version):
         return None
@@ -256,7 +287,7 @@ def remove_version(r: redis.Redis, version: str, batch_size: int = UNLINK_BATCH,
     def flush() -> bool:
         nonlocal removed, batch
         chunk, batch = batch, []
-        if chunk and not _guarded(r, version, lambda pipe: pipe.unlink(*chunk)):
+        if chunk and not _unlink_guarded(r, version, chunk):
             return False
         removed += len(chunk)
         return True
@@ -269,7 +300,7 @@ def remove_version(r: redis.Redis, version: str, batch_size: int = UNLINK_BATCH,
             return None
     if not flush():
         return None
-    if not _guarded(r, version, lambda pipe: pipe.unlink(meta_key).zrem(keys.VERSIONS, version)):
+    if not _guarded(r, version, lambda pipe: (pipe.unlink(meta_key), pipe.zrem(k.versions, version))):
         return None
     return removed + had_meta
 
@@ -287,7 +318,7 @@ def cleanup(r: redis.Redis, keep: int = MIN_KEEP, batch_size: int = UNLINK_BATCH
     if batch_size < 1 or scan_count < 1:
         raise PublishError("batch_size and scan_count must be >= 1")
     current, previous = current_version(r), previous_version(r)
-    published = [v.decode() for v in r.zrevrange(keys.VERSIONS, 0, -1)]     # most recently current first
+    published = [v.decode() for v in r.zrevrange(layout(r).versions, 0, -1)]     # most recently current first
     states = {v: read_meta(r, v).get("state") for v in published}
     kept = [v for v in (current, previous) if v is not None]
     for v in published:
@@ -325,7 +356,7 @@ def remove_versions(r: redis.Redis, versions, batch_size: int = UNLINK_BATCH, sc
         raise PublishError(f"list version {', '.join(served)} is current or previous and is never removed "
                            "(roll back or publish another version first)")
     missing = [v for v in dict.fromkeys(versions)
-               if not r.exists(keys.meta(v)) and next(iter(scan_version(r, v)), None) is None]
+               if not r.exists(layout(r).meta(v)) and next(iter(scan_version(r, v)), None) is None]
     if missing:
         raise PublishError(f"no list version {', '.join(missing)} in Redis (no meta, no lists); nothing removed "
                            "(see `fuserank inspect versions`)")
@@ -352,11 +383,14 @@ def check_memory_policy(r: redis.Redis, allow_eviction: bool = False,
     memory pressure (the API would then silently fall back to live answers, and a publish verification
     that ran before would be stale). ``noeviction`` makes writes fail loudly instead, so a precompute that
     does not fit fails before it publishes. Where CONFIG is not allowed (managed Redis that renames it)
-    the policy cannot be read: a warning, and the check passes.
+    the policy cannot be read: a warning, and the check passes. On a cluster every primary is read.
     """
+    nodes = [r.get_redis_connection(n) for n in r.get_primaries()] if layout(r).cluster else [r]
     try:
-        config = {_decode(k): _decode(v) for name in ("maxmemory-policy", "maxmemory")
-                  for k, v in r.config_get(name).items()}
+        configs = [{_decode(k): _decode(v) for name in ("maxmemory-policy", "maxmemory")
+                    for k, v in node.config_get(name).items()} for node in nodes]
+        config = next((c for c in configs if int(c.get("maxmemory") or 0) > 0 and
+                       c.get("maxmemory-policy") != SAFE_MEMORY_POLICY), configs[0])
         policy, maxmemory = config.get("maxmemory-policy"), int(config.get("maxmemory") or 0)
     except redis.ResponseError as exc:
         log.warning("cannot read the Redis memory policy (CONFIG GET refused: %s); make sure the server runs "

@@ -197,7 +197,10 @@ class SettingsParser(argparse.ArgumentParser):
 
 # -- flags several commands share ------------------------------------------------------------------
 def redis_url_flag(p: SettingsParser, required: bool = True, help: str = "Redis URL (redis:// or rediss://)") -> None:
+    """``--redis-url`` and ``--redis-cluster`` (the URL then names any one node of a Redis Cluster)."""
     p.add_argument("--redis-url", type=redis_url, default=None, required=required, help=help)
+    p.add_argument("--redis-cluster", action="store_true",
+                   help="--redis-url names a node of a Redis Cluster: cluster client and cluster key layout")
 
 
 def allow_eviction_flag(p: SettingsParser) -> None:

@@ -101,6 +101,13 @@ ANIME_SCHEMA = pa.schema([
 OUTPUT_SCHEMAS = {**dict.fromkeys(SPLITS, SPLIT_SCHEMA), "unrated": UNRATED_SCHEMA, "users": USERS_SCHEMA,
                   "low_activity": LOW_ACTIVITY_SCHEMA, "anime": ANIME_SCHEMA}
 """The ingest output's tables by name, each written to ``parquet_file(name)`` beside ``MANIFEST``."""
+FEEDBACK_SCHEMA = pa.schema([
+    ("id", pa.string()), ("kind", pa.string()), ("user_id", pa.int64()), ("anime_id", pa.int64()),
+    ("rating", pa.int8()), ("status", pa.string()), ("ts", pa.float64()),
+])
+"""The feedback entries (rating | status | delete, fuserank.feedback) merged into the splits, in stream order:
+those carried over from the previous output plus those drained from the stream (``fuserank ingest --feedback``)."""
+FEEDBACK_FILE = "feedback.parquet"
 MANIFEST = "manifest.json"
 """The file that completes an ingest output and a model artifact alike (written last)."""
 

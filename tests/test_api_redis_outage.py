@@ -219,11 +219,12 @@ def _request(base: str, path: str, body: bytes | None = None) -> tuple[int, dict
             return e.code, None
 
 
-def _serve(model_dir: str, redis_url: str, port: int) -> subprocess.Popen:
+def _serve(model_dir: str, redis_url: str, port: int, *extra: str) -> subprocess.Popen:
+    """`fuserank serve` (gunicorn, 2 workers x 4 threads, no rate limit) once it is ready; ``extra``: more flags."""
     env = {**os.environ, "FUSERANK_RATE_LIMIT": "0"}
     proc = subprocess.Popen([sys.executable, "-m", "fuserank", "serve", "--model", model_dir, "--redis-url", redis_url,
                              "--port", str(port), "--workers", "2", "--threads", "4",
-                             "--top-n", str(SETTINGS.top_n), "--neighbours", str(SETTINGS.neighbours)],
+                             "--top-n", str(SETTINGS.top_n), "--neighbours", str(SETTINGS.neighbours), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90

@@ -39,14 +39,15 @@ def expected_user_lists(model_dir, version, settings=SETTINGS):
 def test_score_users_transform_matches_the_scorer(small_model):
     with TestPipeline(runner=FnApiRunner()) as p:
         out = p | beam.Create(blocks(37, 8)) | ScoreUsers(small_model, SETTINGS, "v1")
-        assert_that(out, equal_to(expected_user_lists(small_model, "v1")))
+        assert_that(out | beam.Map(len), equal_to([8, 8, 8, 8, 5]), label="one list of pairs per block")
+        assert_that(out | beam.FlatMap(lambda pairs: pairs), equal_to(expected_user_lists(small_model, "v1")))
 
 
 def test_anime_neighbours_transform_leaves_out_adult_titles(small_model):
     model = ModelArtifact.load(small_model)
     with TestPipeline(runner=FnApiRunner()) as p:
         out = p | beam.Create(blocks(25, 10)) | AnimeNeighbours(small_model, SETTINGS, "v1")
-        ids = out | beam.Map(lambda kv: [a for a, _ in keys.decode_items(kv[1])])
+        ids = out | beam.FlatMap(lambda pairs: [[a for a, _ in keys.decode_items(v)] for _, v in pairs])
         assert_that(ids | beam.combiners.Count.Globally(), equal_to([25]), label="one list per anime")
         adult_id = int(model.anime_ids[2])
         assert_that(ids | beam.Filter(lambda xs: adult_id in xs), equal_to([]), label="no adult neighbours")

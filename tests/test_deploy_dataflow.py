@@ -72,6 +72,7 @@ def test_documented_dataflow_run_with_the_batch_image(monkeypatch, caplog):
     assert gcp.job_name == "fuserank-precompute"
     workers = options.view_as(WorkerOptions)
     assert workers.machine_type == "n2-highmem-4" and workers.max_num_workers == 8
+    assert workers.autoscaling_algorithm == "THROUGHPUT_BASED" and workers.num_workers == 2
     # workers get FuseRank from the batch image ...
     assert workers.sdk_container_image == "europe-west1-docker.pkg.dev/proj-x/fuserank/fuserank-batch:abc123"
     # ... and reach Memorystore's private IP through the VPC
@@ -88,6 +89,19 @@ def test_documented_dataflow_run_with_setup_file(monkeypatch):
     assert setup_file == "./setup.py" and (ROOT / setup_file).is_file()     # run from the repository root
     assert options.view_as(WorkerOptions).sdk_container_image is None
     assert options.view_as(GoogleCloudOptions).temp_location.startswith("gs://")
+
+
+def test_documented_dask_run_names_the_dask_runner(monkeypatch):
+    pytest.importorskip("apache_beam.runners.dask.dask_runner", reason="needs apache-beam[dask]")
+    from apache_beam.runners.dask.dask_runner import DaskOptions, DaskRunner
+    from apache_beam.runners.runner import create_runner
+    seen = parse(documented_command("dask-precompute"), monkeypatch)
+    assert seen["model"] == "gs://proj-x-fuserank/models/0123456789abcdef"
+    options, runner = pipeline_options(seen["beam"])
+    assert runner is None
+    assert isinstance(create_runner(options.view_as(StandardOptions).runner), DaskRunner)
+    dask = options.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
+    assert dask == {"address": "tcp://10.10.0.5:8786", "npartitions": 64}
 
 
 def test_documented_image_matches_the_batch_image_beam_version():

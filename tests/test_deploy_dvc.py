@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 EPOCHS = 2          # params.yaml keeps the production default; the test trains briefly
 # Flags that are paths the pipeline wires itself (dvc.yaml) or the environment gives (REDIS_URL), not tunables.
-WIRED = {"ingest": {"--out", "--redis-url", "--suppressed-file"}, "train": {"--data", "--out"}, "precompute": {"--model", "--redis-url"},
+# --feedback / --feedback-until: set by the nightly job (its environment and a params override), per night.
+WIRED = {"ingest": {"--out", "--redis-url", "--suppressed-file", "--feedback", "--feedback-until"}, "train": {"--data", "--out"}, "precompute": {"--model", "--redis-url"},
          "evaluate": {"--model", "--data"}}
 # `fuserank evaluate` also runs the offline baseline comparison (not a pipeline stage): its flags are not
 # pipeline tunables.
@@ -78,13 +79,15 @@ def test_stages_chain_ingest_train_evaluate_precompute():
     assert "${ingest}" in stages["ingest"]["cmd"] and "${train}" in stages["train"]["cmd"]
     assert "${hybrid}" in stages["evaluate"]["cmd"]
     assert stages["ingest"]["deps"] == ["${ingest.ratings}", "${ingest.anime}"]
-    assert stages["train"]["deps"] == stages["ingest"]["outs"]
-    assert set(stages["evaluate"]["deps"]) == set(stages["train"]["outs"] + stages["ingest"]["outs"])
+    # the ingest output persists between runs: the next ingest carries its feedback.parquet over
+    assert stages["ingest"]["outs"] == [{DATA_DIR: {"persist": True}}]
+    assert stages["train"]["deps"] == [DATA_DIR]
+    assert set(stages["evaluate"]["deps"]) == set(stages["train"]["outs"] + [DATA_DIR])
     assert stages["evaluate"]["outs"] == [RELEASE_DIR]
     pre = stages["precompute"]
     assert pre["always_changed"] is True and "outs" not in pre and "metrics" not in pre   # not cached
     assert pre["deps"] == [RELEASE_DIR] and "fuserank.batch.nightly publish" in pre["cmd"]
-    assert stages["ingest"]["outs"] == [DATA_DIR] and stages["train"]["outs"] == [TRAIN_DIR]
+    assert stages["train"]["outs"] == [TRAIN_DIR]
     for name, stage in stages.items():
         for section in stage.get("params", []):
             assert section in params(), (name, section)

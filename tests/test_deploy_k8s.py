@@ -326,3 +326,30 @@ def test_security_contexts_are_the_ones_scripts_images_runs_with(overlay):
             assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"]), c["name"]
             if name == "local":
                 assert c["image"] in built, c["image"]
+
+
+@pytest.mark.parametrize("value,cluster", [(None, False), ("1", True)])
+def test_gke_overlay_switches_every_redis_client_to_cluster_mode(value, cluster, monkeypatch):
+    """FUSERANK_REDIS_CLUSTER in the gke overlay's config.env (0 as rendered; 1 for Memorystore for Redis
+    Cluster) reaches the API, its init container and the nightly job through the ConfigMap they all load."""
+    docs = render(K8S / "overlays" / "gke")
+    assert config_data(docs)["FUSERANK_REDIS_CLUSTER"] == "0"
+    from fuserank import cli
+    dep, cj = find(docs, "Deployment", "fuserank-api"), find(docs, "CronJob", "fuserank-nightly")
+    api = next(c for c in pod_spec(dep)["containers"] if c["name"] == "api")
+    init = next(c for c in pod_spec(dep)["initContainers"] if c["name"] == "fetch-model")
+    (job,) = pod_spec(cj)["containers"]
+    for c in (api, init, job):
+        env = container_env(docs, c)
+        assert "FUSERANK_REDIS_CLUSTER" in env, c["name"]
+        if value is not None:
+            env["FUSERANK_REDIS_CLUSTER"] = value
+        use_env(monkeypatch, env)
+        argv = expand(c["args"], env)
+        if c is api:
+            settings = cli.resolve("serve", argv[1:])
+        else:
+            settings = nightly.build_parser().parse_args(argv)
+            if c is init:
+                assert nightly.NightlySettings.from_args(settings).redis.cluster is cluster
+        assert settings.redis_cluster is cluster, c["name"]

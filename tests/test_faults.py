@@ -9,6 +9,7 @@ Reproduce: ``.venv/bin/python -m pytest -q tests/test_faults.py`` (docs/reliabil
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -190,29 +191,23 @@ def _snapshot(r: redis.Redis, pattern: str) -> dict:
 def test_a_retried_bundle_rewrites_the_same_keys_with_the_same_values(tmp_path, redis_client, redis_url):
     model_dir = random_artifact(tmp_path / "m", n_users=37, n_anime=25, seed=5)
     version = version_of(model_dir)
-    user_blocks = blocks(37, 8)
 
     def bundle(fail_after: int | None = None) -> list:
-        """One bundle on a fresh worker: fresh DoFn instances, setup, start, process, finish (or die midway)."""
+        """One bundle on a fresh worker: fresh DoFn instances, setup, process (or die midway), teardown."""
         scorer = ScoreUserBlockFn(model_dir, SETTINGS, version)
         scorer.setup()
         writer = WriteListsFn(redis_url, "users", batch_size=10)
         writer.setup()
-        writer.start_bundle()
-        out = []
         try:
-            pairs = [kv for block in user_blocks for kv in scorer.process(block)]
-            for i, kv in enumerate(pairs):
-                if fail_after is not None and i == fail_after:
-                    return out                           # the worker dies: no finish_bundle, nothing committed
-                out += list(writer.process(kv))
-            out += [wv.value for wv in writer.finish_bundle()]
-            return out
+            (pairs,) = scorer.process((0, 37))          # one block of all 37 users, written 10 at a time
+            counts = writer.process(pairs)
+            # the worker dies after ``fail_after`` confirmed batches: nothing of the bundle is committed
+            return list(counts if fail_after is None else itertools.islice(counts, fail_after))
         finally:
             writer.teardown()
 
     pattern = keys.version_pattern(version)
-    partial = bundle(fail_after=25)                      # two batches of 10 reached Redis, then the crash
+    partial = bundle(fail_after=2)                       # two batches of 10 reached Redis, then the crash
     first = _snapshot(redis_client, pattern)
     assert len(first) == 20 and sum(n for _, n in partial) == 20
     counts = bundle()                                    # the runner retries the whole bundle
@@ -227,7 +222,7 @@ def test_a_retried_bundle_rewrites_the_same_keys_with_the_same_values(tmp_path, 
     def neighbours():
         fn = AnimeNeighboursFn(model_dir, SETTINGS, version)
         fn.setup()
-        return [kv for block in blocks(25, 10) for kv in fn.process(block)]
+        return [kv for block in blocks(25, 10) for pairs in fn.process(block) for kv in pairs]
     assert neighbours() == neighbours()
     model = ModelArtifact.load(model_dir)
     assert np.array_equal(sorted(int(k.rsplit(b":", 1)[1]) for k in second), sorted(model.user_ids.tolist()))

@@ -33,3 +33,45 @@ def test_forget_removes_lists_and_suppresses_the_user(tmp_path, redis_client, re
     third = precompute(model, redis_url, HybridSettings(top_n=3, neighbours=3))["version"]
     assert current_version(redis_client) == third  # published with one user fewer, counts still checked
     assert not redis_client.exists(keys.user(third, 105)) and redis_client.exists(keys.user(third, 104))
+
+
+def test_forget_removes_the_user_s_feedback_and_no_export_holds_them(tmp_path, redis_client, redis_url, capsys):
+    """Their events leave the stream and their index, so the next ingest never drains them; the data directory
+    it writes (splits, low-activity rows, the drained feedback.parquet) and `inspect online --json` hold no trace."""
+    import pyarrow.parquet as pq
+
+    from fuserank import feedback
+    from fuserank.cli import main
+    from fuserank.evaluation import online
+    from fuserank.feedback import Event
+    from fuserank.schemas import ingest as S
+    ratings = tmp_path / "r.csv"
+    ratings.write_text("user_id,anime_id,rating\n" + "".join(f"{u},{a},7\n" for u in (1, 2) for a in range(10, 14)))
+    feedback.append(redis_client, [Event("rating", 2, 10, rating=9), Event("impression", 2, 11, list_version="v"),
+                                   Event("rating", 77, 10, rating=8), Event("rating", 77, 11, rating=8),
+                                   Event("rating", 1, 12, rating=3)])
+    out = tmp_path / "data"
+    assert main(["ingest", "--ratings", str(ratings), "--out", str(out), "--min-user-ratings", "3",
+                 "--feedback", redis_url]) in (0, None)
+    assert 77 in pq.read_table(out / "low_activity.parquet").column("user_id").to_pylist()
+    online.refresh(redis_client)                                     # their impression counted, not final
+    assert online.by_version(online.stored(redis_client))["v"]["total"]["lists"] == 1
+    capsys.readouterr()
+    assert main(["forget", "--redis-url", redis_url, "--user", "2"]) in (0, None)
+    assert main(["forget", "--redis-url", redis_url, "--user", "77"]) in (0, None)
+    forgotten = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [f["events_deleted"] for f in forgotten] == [2, 2] and all(f["index_deleted"] for f in forgotten)
+    assert {e.user_id for e in feedback.read(redis_client)} == {1}
+    assert not redis_client.exists(keys.feedback_user(2)) and not redis_client.exists(keys.feedback_user(77))
+
+    assert main(["ingest", "--ratings", str(ratings), "--out", str(out), "--min-user-ratings", "3",
+                 "--feedback", redis_url]) in (0, None)
+    users = pq.read_table(out / "users.parquet").column("user_id").to_pylist()
+    assert users == [1]
+    assert not {2, 77} & set(pq.read_table(out / "low_activity.parquet").column("user_id").to_pylist())
+    assert pq.read_table(out / S.FEEDBACK_FILE).column("user_id").to_pylist() == [1]   # carried over, minus them
+    capsys.readouterr()
+    assert main(["inspect", "online", "--redis-url", redis_url, "--json"]) in (0, None)
+    assert json.loads(capsys.readouterr().out)["versions"] == {}     # their impression went with them
+    online.refresh(redis_client)
+    assert online.stored(redis_client) == {}

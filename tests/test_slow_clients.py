@@ -78,7 +78,7 @@ def test_native_thread_runs_beside_a_patched_hub():
     script = """
 from gevent import monkey; monkey.patch_all()
 import time, gevent
-from fuserank.api.registry import start_native_thread
+from fuserank.api.background import start_native_thread
 done, ticks = [], []
 def busy():
     end = time.perf_counter() + 0.5

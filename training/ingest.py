@@ -20,6 +20,10 @@ Peak memory is about 16 bytes a row while sorting, then 8 bytes a row plus 13 pe
 8 per kept unrated row. Users on the suppression list (``fuserank forget``) are dropped as their
 rows are read and only counted. The output directory is published with a rename so readers never
 see a half-written one.
+
+Feedback written through the API (``feedback``: fuserank.training.feedback_source) is added after the
+file's rows, so it wins on duplicated pairs as a later file row does; its deletion markers remove their
+pair after de-duplication. What was merged is written beside the splits (``feedback.parquet``).
 """
 from __future__ import annotations
 
@@ -49,6 +53,7 @@ from fuserank.errors import FuseRankError, InputError
 from fuserank.failures import Tried, explain
 from fuserank.schemas import ingest as S
 from fuserank.training import readers
+from fuserank.training.feedback_source import DELETED, FeedbackRows
 
 log = logging.getLogger("fuserank.ingest")
 
@@ -64,11 +69,13 @@ MAX_SORT_THREADS, PARALLEL_SORT_MIN = 4, 1 << 22
 
 def ingest(ratings: str, out: str, anime: str | None = None, min_user_ratings: int = 400,
            seed: int = 0, lenient: bool = False, chunk_rows: int = 2_000_000,
-           suppressed: Iterable[int] | None = None, suppression_sources: Iterable[str] = ()) -> dict:
+           suppressed: Iterable[int] | None = None, suppression_sources: Iterable[str] = (),
+           feedback: FeedbackRows | None = None) -> dict:
     """Read, clean, encode and split ratings into ``out``; returns the manifest written there.
 
     ``suppressed``: user ids (see ``load_suppressed``) whose rows are dropped as they are read;
     they reach no output and are only counted (``counts.suppressed_users``/``suppressed_rows``).
+    ``feedback``: the feedback store's rows (``feedback_source.drain``), merged as the newest rows.
     ``chunk_rows``: read progress is logged every this many rows.
     """
     _check_args(out, min_user_ratings, seed, chunk_rows)
@@ -81,10 +88,14 @@ def ingest(ratings: str, out: str, anime: str | None = None, min_user_ratings: i
     sink = _KeySink(suppressed_ids)
     with _stage("read and pack ratings"):
         scan = readers.scan_ratings(ratings, sink, lenient=lenient, skipped=skipped, progress_rows=chunk_rows)
+        if feedback is not None and len(feedback.user):
+            sink.add(feedback.user, feedback.anime, feedback.rating)
         packed = sink.finish()
     del sink
     with _stage(f"sort and deduplicate {packed.rows} rows"):
         keys, duplicates = _sort_dedupe(packed)
+        if feedback is not None:
+            keys = _drop_deleted(keys)
     with _stage("count rows per user and anime"):
         survey = _survey(keys, int(min_user_ratings), packed.anime_codes)
         plan = _Plan(survey, packed, meta, keys, int(seed))
@@ -106,6 +117,9 @@ def ingest(ratings: str, out: str, anime: str | None = None, min_user_ratings: i
             writer.finish()
         manifest = _manifest(ratings, anime, scan.layout, meta, min_user_ratings, seed, plan.scale, counts,
                              skipped, digest, suppressed_ids, suppression_sources)
+        if feedback is not None:
+            pq.write_table(feedback.table, tmp / S.FEEDBACK_FILE)
+            manifest.update(feedback.manifest())
         (tmp / S.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         os.chmod(tmp, 0o755)
         _check_replaceable(out_path)
@@ -186,9 +200,10 @@ def _check_args(out, min_user_ratings, seed, chunk_rows):
 
 # ---------------------------------------------------------------- suppression (fuserank forget)
 
-def load_suppressed(redis_url: str | None = None, path: str | None = None) -> tuple[frozenset[int], list[str]]:
-    """User ids to leave out of the ingest, from ``fuserank:suppressed`` in Redis and/or a file of
-    one id per line (blank lines and ``#`` comments allowed); returns (ids, sources read).
+def load_suppressed(redis_url=None, path: str | None = None) -> tuple[frozenset[int], list[str]]:
+    """User ids to leave out of the ingest, from ``fuserank:suppressed`` in Redis (``redis_url``: a URL or a
+    fuserank.redis_client.Target) and/or a file of one id per line (blank lines and ``#`` comments allowed);
+    returns (ids, sources read).
 
     An unreachable Redis is an error, never "nobody to suppress".
     """
@@ -201,16 +216,19 @@ def load_suppressed(redis_url: str | None = None, path: str | None = None) -> tu
         import redis
 
         from fuserank.privacy import suppressed
-        from fuserank.redis_client import connect
-        client = connect(redis_url)
+        from fuserank.redis_client import connect, target
+        where = target(redis_url)
+        client = None
         try:
+            client = connect(where)
             ids |= suppressed(client)
         except (redis.RedisError, ValueError) as exc:
-            why = explain(exc, Tried(redis_url=redis_url)) or f"{type(exc).__name__}: {exc}"
+            why = explain(exc, Tried(redis_url=where.url)) or f"{type(exc).__name__}: {exc}"
             raise FuseRankError(f"cannot read the suppression list ({why}); "
                                 "refusing to ingest users who may have asked to be forgotten") from exc
         finally:
-            client.close()
+            if client is not None:
+                client.close()
         sources.append("redis")
     return frozenset(ids), sources
 
@@ -450,6 +468,12 @@ def _delete_positions(keys: np.ndarray, positions: np.ndarray) -> np.ndarray:
         keys[write:write + len(kept)] = kept
         write += len(kept)
     return keys[:write]
+
+
+def _drop_deleted(keys: np.ndarray) -> np.ndarray:
+    """The sorted, de-duplicated keys without the pairs whose last row is a feedback deletion marker."""
+    marked = np.flatnonzero((keys & RATING_MASK) == DELETED + 1)
+    return _delete_positions(keys, marked) if len(marked) else keys
 
 
 def _user_slices(keys: np.ndarray):

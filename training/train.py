@@ -356,6 +356,7 @@ def train(data: str, out: str, epochs: int | None = None, embedding_dim: int = 1
                                                             "rating_scale", "seed")}}
         if chosen:
             extra["chosen"] = chosen
+        extra.update({k: data_manifest[k] for k in ("feedback_until", "feedback_added") if k in data_manifest})
         manifest = export_artifact(tmp, data, result.user_embeddings, result.anime_embeddings, history, extra,
                                    heldout=(heldout.user_embeddings, heldout.anime_embeddings) if heldout else None)
         plot_history(history, os.path.join(tmp, "curves.png"),
