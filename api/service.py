@@ -177,13 +177,13 @@ class RecommendationService:
         if not degraded:
             stored = u >= 0 and not live and not include_adult and view.list_version
             try:
-                raw, state = self.fresh.read(user_id, keys.user(view.list_version, user_id) if stored else None)
+                raw, mark = self.fresh.read(user_id, keys.user(view.list_version, user_id) if stored else None)
             except redis.RedisError as exc:
                 self.breaker.failed(exc)
-                raw, state, degraded = None, {}, True
-            if state and fresh.pending(state, view):
+                raw, mark, degraded = None, None, True
+            if fresh.pending(mark, view):
                 try:
-                    return self.fresh.answer(view, user_id, state, n, live, include_adult, drop, explain)
+                    return self.fresh.answer(view, user_id, mark, n, live, include_adult, drop, explain)
                 except redis.RedisError as exc:
                     self.breaker.failed(exc)
                     degraded = True

@@ -13,6 +13,7 @@ precompute never overwrites what is being served; one pointer names the version 
     fuserank:v:{version}:a:{anime_id} -> anime's nearest neighbours
     fuserank:feedback:events         -> stream: every acknowledged feedback write (fuserank.feedback)
     fuserank:feedback:u:{user_id}    -> hash: anime_id -> the user's latest feedback entry
+    fuserank:feedback:mark:{user_id} -> the newest feedback entry id of the user (read with their stored list)
     fuserank:feedback:fresh:{user_id} -> hash: the user's fresh list and the feedback it was built from
     fuserank:web:secret              -> the web page's CSRF signing secret, shared by every API pod
 """
@@ -52,6 +53,10 @@ def anime(version: str, anime_id: int) -> str:
 
 def feedback_user(user_id: int) -> str:
     return f"{PREFIX}:feedback:u:{int(user_id)}"
+
+
+def feedback_mark(user_id: int) -> str:
+    return f"{PREFIX}:feedback:mark:{int(user_id)}"
 
 
 def feedback_fresh(user_id: int) -> str:

@@ -57,7 +57,7 @@ def test_acknowledged_writes_survive_sigkill_of_redis(model_dir, tmp_path):
             last = acked[-1]
             entry = feedback.user_entries(redis_, last["user_id"])[last["anime_id"]]
             assert entry["id"] == last["id"] and entry["rating"] == last["rating"]
-            assert redis_.hget(keys.feedback_fresh(last["user_id"]), "latest").decode() == last["id"]
+            assert redis_.get(keys.feedback_mark(last["user_id"])).decode() == last["id"]
     finally:
         server.stop()
 
