@@ -9,17 +9,20 @@ covers all of a user's entries, their precomputed list answers again.
 
 The state lives in Redis, so every worker and pod answers alike:
 
-    keys.feedback_mark(user)    the newest entry id written (set when a write is acknowledged, before the
+    keys.feedback_mark(user)    the newest entry id written (set in the write's index round trip, before the
                                 answer); read in the same round trip as the user's stored list, so a user
                                 without feedback costs one more key in that MGET and nothing else
     keys.feedback_fresh(user)   hash: ``built`` (the newest entry id the list holds), ``base`` (the model,
                                 list version and ``feedback_until`` it was computed against) and ``list``
                                 (``FRESH_N`` items in the stored-list encoding, ``keys.encode_list``)
 
-Both ids only ever move forward (a Lua script on one key, so it also runs on a Redis Cluster): a slow
-computation never overwrites a newer one. The list is computed off the request by a background thread per
-API process after each acknowledged write (``Refresher``); a GET that finds it behind (another pod's write
-is newer, or the thread has not got to it yet) computes it once itself and stores it.
+A stored list only ever moves forward (a Lua script on its one key, so it also runs on a Redis Cluster): a
+slow computation never overwrites a newer one. The mark is a plain SET: two writes of one user racing
+through two workers may leave the older id, which still says "pending", and the list built after both holds
+both (it reads the user's entries, not the mark). The list is computed off the request by a background
+thread per API process after each acknowledged write (``Refresher``, at most ``BACKGROUND_SHARE`` of a
+core, so a burst of writes cannot starve the requests); a GET that finds it behind (another pod's write is
+newer, or the thread has not got to it yet) computes it once itself and stores it.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import json
 import logging
 import os
 import threading
+import time
 
 import numpy as np
 import redis
@@ -38,6 +42,7 @@ log = logging.getLogger("fuserank.api")
 
 FRESH_N = 200                # items stored per fresh list: the most a request may ask for (routes.MAX_N)
 PENDING_USERS = 10_000       # users waiting for the background thread per process; beyond, reads compute
+BACKGROUND_SHARE = 0.25      # the most of one core the background thread uses (it rests in between)
 
 _NEWER = """
 local function parse(id)
@@ -50,12 +55,6 @@ local function older(id, than)
   local cur_ms, cur_seq = parse(than)
   return ms < cur_ms or (ms == cur_ms and seq < cur_seq)
 end
-"""
-# The newest entry id of KEYS[1] (a string) becomes ARGV[1] unless it is newer already.
-_MARK = _NEWER + """
-if older(ARGV[1], redis.call('GET', KEYS[1])) then return 0 end
-redis.call('SET', KEYS[1], ARGV[1])
-return 1
 """
 # The hash KEYS[1] gets built = ARGV[1] and the field/value pairs after it, unless it holds a newer list.
 _STORE = _NEWER + """
@@ -126,16 +125,14 @@ class FreshLists:
 
     def __init__(self, client):
         self.redis = client
-        self._mark = client.register_script(_MARK)
         self._store = client.register_script(_STORE)
         self._cluster = isinstance(client, redis.RedisCluster)
 
-    def mark(self, latest: dict[int, str]) -> None:
-        """Record each user's newest acknowledged entry id (one round trip)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for user_id, entry_id in latest.items():
-            self._mark(keys=[keys.feedback_mark(user_id)], args=[entry_id], client=pipe)
-        pipe.execute()
+    @staticmethod
+    def mark(pipe, entries) -> None:
+        """Add each writer's newest entry id to ``pipe`` (``feedback.append``'s ``also``: the index round trip)."""
+        for user_id, entry_id in {e.user_id: e.id for e in entries}.items():
+            pipe.set(keys.feedback_mark(user_id), entry_id)
 
     def read(self, user_id: int, stored_key: str | None) -> tuple[bytes | None, bytes | None]:
         """The stored list under ``stored_key`` (None: not asked) and the user's newest entry id: one MGET (a
@@ -190,13 +187,15 @@ class Refresher:
     Users queued while one is being computed are coalesced (a set); the thread is started on first use in each
     process (gunicorn forks after the app is built, and threads do not survive a fork)."""
 
-    def __init__(self, rebuild, view):
-        self._rebuild, self._view = rebuild, view
+    def __init__(self, rebuild, view, share: float = BACKGROUND_SHARE):
+        self._rebuild, self._view, self._share = rebuild, view, share
         self._cond = threading.Condition()
         self._pending: dict[int, None] = {}
         self._pid = None
 
     def submit(self, user_ids) -> None:
+        if not user_ids:
+            return
         with self._cond:
             if self._pid != os.getpid():
                 self._pending = {}
@@ -218,7 +217,9 @@ class Refresher:
                     self._cond.wait()
                 uid = next(iter(self._pending))
                 del self._pending[uid]
+            t0 = time.thread_time()
             try:
                 self._rebuild(self._view(), uid)
             except Exception as exc:  # noqa: BLE001 - a read computes it instead; the thread keeps serving
                 log.warning("fresh list of user %d not rebuilt (%s: %s)", uid, type(exc).__name__, exc)
+            time.sleep((time.thread_time() - t0) * (1 / self._share - 1))

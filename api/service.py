@@ -129,18 +129,14 @@ class RecommendationService:
         return self._durable
 
     def write_feedback(self, events: list[feedback.Event]) -> list[str]:
-        """Append ``events`` to the feedback store (the acknowledgement), mark the writers' fresh lists behind,
-        and hand them to the background thread. Raises RedisError (the route answers 503)."""
+        """Append ``events`` to the feedback store (the acknowledgement) and mark the writers' fresh lists behind
+        (two round trips), then hand them to the background thread. Raises RedisError (the route answers 503)."""
         try:
-            ids = feedback.append(self.redis, events)
-            latest = {e.user_id: i for e, i in zip(events, ids) if e.kind in feedback.ENTRY_KINDS}
-            if latest:
-                self.fresh.mark(latest)
+            ids = feedback.append(self.redis, events, also=self.fresh.mark)
         except redis.RedisError as exc:
             self.breaker.failed(exc)
             raise
-        if latest:
-            self.refresher.submit(latest)
+        self.refresher.submit({e.user_id for e in events if e.kind in feedback.ENTRY_KINDS})
         return ids
 
     def user_feedback(self, user_id: int) -> tuple[View, list[dict]]:
