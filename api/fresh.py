@@ -42,7 +42,7 @@ log = logging.getLogger("fuserank.api")
 
 FRESH_N = 200                # items stored per fresh list: the most a request may ask for (routes.MAX_N)
 PENDING_USERS = 10_000       # users waiting for the background thread per process; beyond, reads compute
-BACKGROUND_SHARE = 0.25      # the most of one core the background thread uses (it rests in between)
+BACKGROUND_SHARE = 0.1      # the most of one core the background thread uses (it rests in between)
 
 _NEWER = """
 local function parse(id)
