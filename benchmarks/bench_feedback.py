@@ -38,39 +38,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"benchmarks/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SERVING = _load("bench_serving")
+# The PUT requests; each wrk thread's start (setup, init) and the summary (``done``: one WRK_JSON line) are the
+# serving benchmark's.
+_SHARED = SERVING.WRK_SCRIPT
 WRK_SCRIPT = r"""
 local users = {%s}
 local anime = {%s}
-local counter = 0
-function setup(thread)
-  thread:set("offset", counter * 7919)
-  counter = counter + 1
-end
-function init(args)
-  i = offset or 0
-end
-function request()
+""" + _SHARED[_SHARED.index("local counter"):_SHARED.index("function request")] + r"""function request()
   i = i + 1
   local path = "/v1/users/" .. users[(i %% #users) + 1] .. "/ratings/" .. anime[((i * 31) %% #anime) + 1]
   return wrk.format("PUT", path, {["Content-Type"] = "application/json"},
                     '{"rating":' .. ((i %% 10) + 1) .. '}')
 end
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    '\nWRK_JSON {"requests":%%d,"duration_us":%%d,"errors":{"connect":%%d,"read":%%d,"write":%%d,' ..
-    '"status":%%d,"timeout":%%d},"mean_us":%%.1f,"p50_us":%%d,"p90_us":%%d,"p99_us":%%d,"max_us":%%d}\n',
-    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
-    latency.mean, latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
-end
-"""
-
-
-def load_bench_precompute():
-    spec = importlib.util.spec_from_file_location("bench_precompute", ROOT / "benchmarks/bench_precompute.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+""" + _SHARED[_SHARED.index("function done"):]
 
 
 def load_average() -> str:
@@ -112,18 +100,11 @@ def stop_api(proc: subprocess.Popen) -> None:
 
 
 def wrk(port: int, script: Path, duration: float, connections: int = 16) -> dict:
-    cmd = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{max(1, int(round(duration)))}s", "--timeout", "5s",
-           "-s", str(script), f"http://127.0.0.1:{port}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
-    line = next((x for x in out.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
-    if line is None:
-        raise RuntimeError(f"wrk failed: {out.stdout[-2000:]} {out.stderr[-2000:]}")
-    r = json.loads(line[len("WRK_JSON "):])
-    seconds = r["duration_us"] / 1e6
-    errors = sum(r["errors"].values())
-    return {"acked_per_s": round((r["requests"] - errors) / seconds, 1), "requests": r["requests"],
-            "errors": errors, "error_kinds": r["errors"], "p50_ms": r["p50_us"] / 1e3, "p90_ms": r["p90_us"] / 1e3,
-            "p99_ms": r["p99_us"] / 1e3, "max_ms": r["max_us"] / 1e3, "mean_ms": round(r["mean_us"] / 1e3, 3)}
+    run = SERVING.run_wrk(port, script, connections, duration)
+    seconds = run["requests"] / run["rps"]
+    return {"acked_per_s": round((run["requests"] - run["errors"]) / seconds, 1),
+            **{k: run[k] for k in ("requests", "errors", "error_kinds", "p50_ms", "p90_ms", "p99_ms", "max_ms",
+                                   "mean_ms")}}
 
 
 def redis_benchmark_xadd(port: int, clients: int = 16, n: int = 50_000) -> dict:
@@ -156,7 +137,7 @@ def main() -> None:
 
     workdir = Path(a.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    bench = load_bench_precompute()
+    bench = SERVING.load_bench_precompute()
     model_dir, synthetic = bench.cached_model(workdir, a.users, a.anime, int(a.users * a.ratings_per_user), a.dim,
                                               a.seed)
     model = ModelArtifact.load(str(model_dir))
