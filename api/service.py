@@ -5,8 +5,8 @@ It ties the rooms together: the model registry (fuserank.api.registry: what is s
 the rate limiter (fuserank.api.ratelimit). ``source`` tells the client where an answer came from:
 ``precomputed`` (a stored list), ``live`` (the in-memory model), ``popular`` (a user the model has
 never seen) or ``fresh`` (a user who wrote feedback the served list version does not hold yet:
-fuserank.api.fresh). Redis calls use the factory's ``serve`` role (short timeouts, no retries); a failure opens
-the breaker, and answers are ``live`` with ``degraded: true`` until it closes.
+fuserank.api.fresh). Redis calls use the factory's ``serve`` role (short timeouts, no retries); a failure
+opens the breaker, and answers are ``live`` with ``degraded: true`` until it closes.
 """
 from __future__ import annotations
 
@@ -103,7 +103,8 @@ class RecommendationService:
             self.breaker.failed(exc)
             state = {"redis": "down", "error": type(exc).__name__}
         view, pointer = self.registry.view, self.registry.pointer
-        return {**state, "feedback_durable": self.feedback_durable(), "list_version": pointer.current, "pointer_valid": pointer.valid,
+        return {**state, "feedback_durable": self.feedback_durable(), "list_version": pointer.current,
+                "pointer_valid": pointer.valid,
                 "list_model_version": pointer.model_version, "previous_list_version": pointer.previous,
                 "serving": {"model_version": view.bundle.version, "list_version": view.list_version},
                 "models_loaded": self.registry.models_loaded(), "loading": self.registry.loading()}
