@@ -22,20 +22,11 @@ from fuserank.cli import main
 from fuserank.publish import current_version, previous_version
 from fuserank.redis_client import connect
 from fuserank.redis_server import free_port
-from tests.cluster import LocalCluster
 from tests.test_api_redis_outage import SETTINGS, _serve
+from tests.test_redis_cluster import FLAGS
 from tests.test_feedback_ingest import _csv, _pairs
 from tests.test_metrics import samples, value
 from tests.factories import api_app, random_artifact, stop_server
-
-FLAGS = ["--top-n", str(SETTINGS.top_n), "--neighbours", str(SETTINGS.neighbours)]
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster() as c:
-        yield c
-
 
 @pytest.fixture
 def published(tmp_path, cluster):
