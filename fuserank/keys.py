@@ -27,6 +27,10 @@ and so share one slot, while user and anime lists keep their names and spread ov
 
     {fuserank}:current  {fuserank}:previous  {fuserank}:versions  {fuserank}:suppressed
     {fuserank}:v:{version}:meta
+
+The feedback and online-evaluation keys keep their names in both layouts: nothing changes or reads them
+atomically together or with a pointer (single-key commands, one-key Lua scripts called directly, pipelines
+without a transaction), so the per-user ones spread over every slot.
 """
 from __future__ import annotations
 

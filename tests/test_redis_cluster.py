@@ -39,12 +39,6 @@ from tests.factories import api_app, random_artifact
 FLAGS = ["--top-n", str(SETTINGS.top_n), "--neighbours", str(SETTINGS.neighbours)]
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster() as c:
-        yield c
-
-
 @pytest.fixture
 def rc(cluster):
     """A command client on the emptied cluster."""
