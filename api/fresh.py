@@ -7,17 +7,22 @@ rating sets the rating, a status lists the anime unrated, a deletion removes it)
 the same hybrid as every live answer (``answers.fold_in``). Once a published version's ``feedback_until``
 covers all of a user's entries, their precomputed list answers again.
 
-The state lives in Redis, so every worker and pod answers alike. One hash per user (``keys.feedback_fresh``):
+The state lives in Redis, so every worker and pod answers alike:
 
-    latest   the newest entry id written (set when a write is acknowledged, before the answer)
-    built    the newest entry id the stored list holds
-    base     the model and list version (and its ``feedback_until``) the list was computed against
-    list     the list, ``FRESH_N`` items in the stored-list encoding (``keys.encode_list``)
+    keys.feedback_mark(user)    the newest entry id written (set in the write's index round trip, before the
+                                answer); read in the same round trip as the user's stored list, so a user
+                                without feedback costs one more key in that MGET and nothing else
+    keys.feedback_fresh(user)   hash: ``built`` (the newest entry id the list holds), ``base`` (the model,
+                                list version and ``feedback_until`` it was computed against) and ``list``
+                                (``FRESH_N`` items in the stored-list encoding, ``keys.encode_list``)
 
-Both ids only ever move forward (a Lua script on that one key, so it also runs on a Redis Cluster): a slow
-computation never overwrites a newer one. The list is computed off the request by a background thread per
-API process after each acknowledged write (``Refresher``); a GET that finds it behind (another pod's write
-is newer, or the thread has not got to it yet) computes it once itself and stores it.
+A stored list only ever moves forward (a Lua script on its one key, so it also runs on a Redis Cluster): a
+slow computation never overwrites a newer one. The mark is a plain SET: two writes of one user racing
+through two workers may leave the older id, which still says "pending", and the list built after both holds
+both (it reads the user's entries, not the mark). The list is computed off the request by a background
+thread per API process after each acknowledged write (``Refresher``, at most ``BACKGROUND_SHARE`` of a
+core, so a burst of writes cannot starve the requests); a GET that finds it behind (another pod's write is
+newer, or the thread has not got to it yet) computes it once itself and stores it.
 """
 from __future__ import annotations
 
@@ -25,8 +30,10 @@ import json
 import logging
 import os
 import threading
+import time
 
 import numpy as np
+import redis
 
 from fuserank import feedback, keys
 from fuserank.api import answers
@@ -36,21 +43,24 @@ log = logging.getLogger("fuserank.api")
 
 FRESH_N = 200                # items stored per fresh list: the most a request may ask for (routes.MAX_N)
 PENDING_USERS = 10_000       # users waiting for the background thread per process; beyond, reads compute
+BACKGROUND_SHARE = 0.1      # the most of one core the background thread uses (it rests in between)
 
-# ARGV[1] = id; the remaining ARGV are field/value pairs to set along with ARGV[2] (the id's field) when the id is
-# not older than what the hash holds in that field.
-_FORWARD = """
+_NEWER = """
 local function parse(id)
   local ms, seq = string.match(id or '', '^(%d+)-(%d+)$')
   if not ms then return -1, -1 end
   return tonumber(ms), tonumber(seq)
 end
-local cur_ms, cur_seq = parse(redis.call('HGET', KEYS[1], ARGV[2]))
-local ms, seq = parse(ARGV[1])
-if ms < cur_ms or (ms == cur_ms and seq < cur_seq) then return 0 end
-local fields = {ARGV[2], ARGV[1]}
-for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[1], unpack(fields))
+local function older(id, than)
+  local ms, seq = parse(id)
+  local cur_ms, cur_seq = parse(than)
+  return ms < cur_ms or (ms == cur_ms and seq < cur_seq)
+end
+"""
+# The hash KEYS[1] gets built = ARGV[1] and the field/value pairs after it, unless it holds a newer list.
+_STORE = _NEWER + """
+if older(ARGV[1], redis.call('HGET', KEYS[1], 'built')) then return 0 end
+redis.call('HSET', KEYS[1], 'built', unpack(ARGV))
 return 1
 """
 
@@ -69,14 +79,15 @@ def base_of(view) -> str:
     return f"{view.bundle.version}|{view.list_version or ''}|{view.feedback_until}"
 
 
-def pending(state: dict, view) -> bool:
-    """Whether the user has entries the served list version does not hold (``state``: the fresh hash)."""
-    return stream_id(state.get(b"latest")) > stream_id(view.feedback_until)
+def pending(mark, view) -> bool:
+    """Whether the user's newest entry (``mark``) is one the served list version does not hold."""
+    return mark is not None and stream_id(mark) > stream_id(view.feedback_until)
 
 
-def current(state: dict, view) -> bool:
-    """Whether the stored fresh list holds the newest entry and was built against ``view``."""
-    return (b"list" in state and stream_id(state.get(b"built")) >= stream_id(state.get(b"latest"))
+def current(state: dict, mark, view) -> bool:
+    """Whether the stored fresh list (``state``: the fresh hash) holds entry ``mark`` and was built against
+    ``view``."""
+    return (b"list" in state and stream_id(state.get(b"built")) >= stream_id(mark)
             and state.get(b"base", b"").decode() == base_of(view))
 
 
@@ -115,23 +126,24 @@ class FreshLists:
 
     def __init__(self, client):
         self.redis = client
-        self._forward = client.register_script(_FORWARD)
+        self._store = client.register_script(_STORE)
+        self._cluster = isinstance(client, redis.RedisCluster)
 
-    def mark(self, latest: dict[int, str]) -> None:
-        """Record each user's newest acknowledged entry id (one round trip)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for user_id, entry_id in latest.items():
-            self._forward(keys=[keys.feedback_fresh(user_id)], args=[entry_id, "latest"], client=pipe)
-        pipe.execute()
+    @staticmethod
+    def mark(pipe, entries) -> None:
+        """Add each writer's newest entry id to ``pipe`` (``feedback.append``'s ``also``: the index round trip)."""
+        for user_id, entry_id in {e.user_id: e.id for e in entries}.items():
+            pipe.set(keys.feedback_mark(user_id), entry_id)
 
-    def read(self, user_id: int, stored_key: str | None) -> tuple[bytes | None, dict]:
-        """The stored list under ``stored_key`` (None: not asked) and the user's fresh hash: one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
-        if stored_key is not None:
-            pipe.get(stored_key)
-        pipe.hgetall(keys.feedback_fresh(user_id))
-        out = pipe.execute()
-        return (out[0] if stored_key is not None else None), out[-1]
+    def read(self, user_id: int, stored_key: str | None) -> tuple[bytes | None, bytes | None]:
+        """The stored list under ``stored_key`` (None: not asked) and the user's newest entry id: one MGET (a
+        pipeline on a Redis Cluster, where the two keys live in different slots)."""
+        if stored_key is None:
+            return None, self.redis.get(keys.feedback_mark(user_id))
+        if self._cluster:
+            with self.redis.pipeline(transaction=False) as pipe:
+                return tuple(pipe.get(stored_key).get(keys.feedback_mark(user_id)).execute())
+        return tuple(self.redis.mget(stored_key, keys.feedback_mark(user_id)))
 
     def compute(self, view, user_id: int, n: int = FRESH_N, include_adult: bool = False, drop=None,
                 explain: bool = True) -> tuple[answers.Answer, str]:
@@ -146,16 +158,16 @@ class FreshLists:
         """Compute the stored fresh list against ``view`` and store it unless a newer one is there; returns it."""
         answer, newest = self.compute(view, user_id)
         stored = encode_items(answer.items)
-        self._forward(keys=[keys.feedback_fresh(user_id)], args=[newest, "built", "base", base_of(view),
-                                                                  "list", stored])
+        self._store(keys=[keys.feedback_fresh(user_id)], args=[newest, "base", base_of(view), "list", stored])
         return stored
 
-    def answer(self, view, user_id: int, state: dict, n: int, live: bool, include_adult: bool, drop,
+    def answer(self, view, user_id: int, mark: bytes, n: int, live: bool, include_adult: bool, drop,
                explain: bool) -> answers.Answer:
         """The fresh answer: the stored list when current, else computed now (and stored for the next read)."""
         if live or include_adult:
             return self.compute(view, user_id, n, include_adult, drop, explain)[0]
-        raw = state[b"list"] if current(state, view) else self.rebuild(view, user_id)
+        state = self.redis.hgetall(keys.feedback_fresh(user_id))
+        raw = state[b"list"] if current(state, mark, view) else self.rebuild(view, user_id)
         answer = answers.precomputed(raw, view, n, drop, explain)
         if answer is None:      # filters left fewer than n: rank the rest of the catalogue too
             return self.compute(view, user_id, n, include_adult, drop, explain)[0]
@@ -176,13 +188,15 @@ class Refresher:
     Users queued while one is being computed are coalesced (a set); the thread is started on first use in each
     process (gunicorn forks after the app is built, and threads do not survive a fork)."""
 
-    def __init__(self, rebuild, view):
-        self._rebuild, self._view = rebuild, view
+    def __init__(self, rebuild, view, share: float = BACKGROUND_SHARE):
+        self._rebuild, self._view, self._share = rebuild, view, share
         self._cond = threading.Condition()
         self._pending: dict[int, None] = {}
         self._pid = None
 
     def submit(self, user_ids) -> None:
+        if not user_ids:
+            return
         with self._cond:
             if self._pid != os.getpid():
                 self._pending = {}
@@ -204,7 +218,9 @@ class Refresher:
                     self._cond.wait()
                 uid = next(iter(self._pending))
                 del self._pending[uid]
+            t0 = time.thread_time()
             try:
                 self._rebuild(self._view(), uid)
             except Exception as exc:  # noqa: BLE001 - a read computes it instead; the thread keeps serving
                 log.warning("fresh list of user %d not rebuilt (%s: %s)", uid, type(exc).__name__, exc)
+            time.sleep((time.thread_time() - t0) * (1 / self._share - 1))

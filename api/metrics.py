@@ -8,7 +8,7 @@ Per request (the ``after_request`` hook, or the hot route)::
     fuserank_redis_errors_total{error}                              every failed Redis call (the breaker's)
 
 ``route`` is the URL rule (``/v1/users/<user_id>/recommendations``, ``unmatched`` for 404s),
-``source`` is what the route put in ``flask.g.answer_source`` (``precomputed`` | ``live`` | ``popular``,
+``source`` is what the route put in ``flask.g.answer_source`` (``precomputed`` | ``live`` | ``popular`` | ``fresh``,
 ``none`` for routes that answer no recommendations) and ``degraded`` is ``flask.g.degraded``.
 
 At scrape time only, from the service's view and pointer (re-read at most once a second) and one

@@ -5,9 +5,10 @@ The OpenAPI description of every endpoint is ``schemas/openapi.json``, served at
 The POST guard's settings come from the app's ``ServeSettings`` (``settings(app)``):
 
     api_key         empty: the POSTs that fold a new user in (POST /v1/recommendations and the web page's
-                    POST /new-user) are open; else they require header ``X-API-Key`` with one of the keys
-                    (401 otherwise; after 10 wrong keys from one address in 5 minutes, 429 for that address)
-    rate_limit      POST /v1/recommendations calls per client and window (0 = off)
+                    POST /new-user) and the feedback writes (fuserank.api.feedback) are open; else they
+                    require header ``X-API-Key`` with one of the keys (401 otherwise; after 10 wrong keys
+                    from one address in 5 minutes, 429 for that address)
+    rate_limit      POST /v1/recommendations and feedback write calls per client and window (0 = off)
     rate_window_s   the fixed window in seconds
 
 A client is its API key when keys are configured, else its address (``request.remote_addr``: behind a

@@ -5,8 +5,8 @@ It ties the rooms together: the model registry (fuserank.api.registry: what is s
 the rate limiter (fuserank.api.ratelimit). ``source`` tells the client where an answer came from:
 ``precomputed`` (a stored list), ``live`` (the in-memory model), ``popular`` (a user the model has
 never seen) or ``fresh`` (a user who wrote feedback the served list version does not hold yet:
-fuserank.api.fresh). Redis calls use the factory's ``serve`` role (short timeouts, no retries); a failure opens
-the breaker, and answers are ``live`` with ``degraded: true`` until it closes.
+fuserank.api.fresh). Redis calls use the factory's ``serve`` role (short timeouts, no retries); a failure
+opens the breaker, and answers are ``live`` with ``degraded: true`` until it closes.
 """
 from __future__ import annotations
 
@@ -103,7 +103,8 @@ class RecommendationService:
             self.breaker.failed(exc)
             state = {"redis": "down", "error": type(exc).__name__}
         view, pointer = self.registry.view, self.registry.pointer
-        return {**state, "feedback_durable": self.feedback_durable(), "list_version": pointer.current, "pointer_valid": pointer.valid,
+        return {**state, "feedback_durable": self.feedback_durable(), "list_version": pointer.current,
+                "pointer_valid": pointer.valid,
                 "list_model_version": pointer.model_version, "previous_list_version": pointer.previous,
                 "serving": {"model_version": view.bundle.version, "list_version": view.list_version},
                 "models_loaded": self.registry.models_loaded(), "loading": self.registry.loading()}
@@ -129,18 +130,14 @@ class RecommendationService:
         return self._durable
 
     def write_feedback(self, events: list[feedback.Event]) -> list[str]:
-        """Append ``events`` to the feedback store (the acknowledgement), mark the writers' fresh lists behind,
-        and hand them to the background thread. Raises RedisError (the route answers 503)."""
+        """Append ``events`` to the feedback store (the acknowledgement) and mark the writers' fresh lists behind
+        (two round trips), then hand them to the background thread. Raises RedisError (the route answers 503)."""
         try:
-            ids = feedback.append(self.redis, events)
-            latest = {e.user_id: i for e, i in zip(events, ids) if e.kind in feedback.ENTRY_KINDS}
-            if latest:
-                self.fresh.mark(latest)
+            ids = feedback.append(self.redis, events, also=self.fresh.mark)
         except redis.RedisError as exc:
             self.breaker.failed(exc)
             raise
-        if latest:
-            self.refresher.submit(latest)
+        self.refresher.submit({e.user_id for e in events if e.kind in feedback.ENTRY_KINDS})
         return ids
 
     def user_feedback(self, user_id: int) -> tuple[View, list[dict]]:
@@ -177,13 +174,13 @@ class RecommendationService:
         if not degraded:
             stored = u >= 0 and not live and not include_adult and view.list_version
             try:
-                raw, state = self.fresh.read(user_id, keys.user(view.list_version, user_id) if stored else None)
+                raw, mark = self.fresh.read(user_id, keys.user(view.list_version, user_id) if stored else None)
             except redis.RedisError as exc:
                 self.breaker.failed(exc)
-                raw, state, degraded = None, {}, True
-            if state and fresh.pending(state, view):
+                raw, mark, degraded = None, None, True
+            if fresh.pending(mark, view):
                 try:
-                    return self.fresh.answer(view, user_id, state, n, live, include_adult, drop, explain)
+                    return self.fresh.answer(view, user_id, mark, n, live, include_adult, drop, explain)
                 except redis.RedisError as exc:
                     self.breaker.failed(exc)
                     degraded = True

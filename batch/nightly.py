@@ -116,14 +116,15 @@ def feedback_source(settings: NightlySettings) -> tuple[dict, dict]:
     """(params, environment) pointing the ingest stage at the feedback store: ``--feedback`` through its
     environment layer (the URL may hold a password, which must not reach params.yaml and dvc.lock) and
     ``ingest.feedback-until`` = the stream's last id as a parameter, so `dvc repro` reruns the ingest exactly
-    when new feedback arrived."""
+    when new feedback arrived. On a Redis Cluster the ingest is told so the same way (``--redis-cluster``)."""
     if not settings.feedback:
         return {}, {}
     from fuserank.feedback import NONE, head
-    with connect(settings.redis_url, "command") as client:
+    with connect(settings.redis, "command") as client:
         last, _ = head(client)
     log.info("the ingest drains the feedback store up to stream id %s", last)
-    env = {config.env_names("feedback_url")[0]: settings.redis_url}
+    env = {config.env_names("feedback_url")[0]: settings.redis_url,
+           **({config.env_names("redis_cluster")[0]: "1"} if settings.redis_cluster else {})}
     return ({"ingest": {"feedback-until": last}} if last != NONE else {}), env
 
 

@@ -225,6 +225,11 @@ def wrk(port: int, paths: list[str], connections: int, duration: float, script_d
     if not script.exists():
         pace = f"function delay()\n  return {think_ms}\nend\n" if think_ms else ""
         script.write_text(WRK_SCRIPT % ",".join(json.dumps(p) for p in paths) + pace)
+    return run_wrk(port, script, connections, duration)
+
+
+def run_wrk(port: int, script: Path, connections: int, duration: float) -> dict:
+    """wrk with ``script`` (which prints one WRK_JSON summary line) at ``connections``, at most 2 threads."""
     threads = min(connections, 2)
     cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, int(round(duration)))}s", "--timeout", "5s",
            "-s", str(script), f"http://127.0.0.1:{port}"]

@@ -76,12 +76,13 @@ class Event:
                                   "id": self.id})
 
 
-def append(client, events: list[Event], now=time.time) -> list[str]:
+def append(client, events: list[Event], now=time.time, also=None) -> list[str]:
     """Store ``events`` (one pipeline, one round trip): XADD each to the stream, then index entry events per user.
 
     Returns the stream ids. The stream append is what makes a write acknowledged; the per-user index is derived
     from it (``reindex`` rebuilds it) and never spans a transaction with the stream, so it also works on a
-    Redis Cluster, where the stream and a user's hash live in different slots.
+    Redis Cluster, where the stream and a user's hash live in different slots. ``also(pipe, entries)`` adds
+    commands to the index's round trip (``entries``: the stored entry events, ids set).
     """
     stamped = [e if e.ts else Event(**{**e.__dict__, "ts": now()}) for e in events]
     pipe = client.pipeline(transaction=False)
@@ -93,6 +94,8 @@ def append(client, events: list[Event], now=time.time) -> list[str]:
         pipe = client.pipeline(transaction=False)
         for e in entries:
             pipe.hset(keys.feedback_user(e.user_id), str(e.anime_id), e.state())
+        if also is not None:
+            also(pipe, entries)
         pipe.execute()
     return ids
 

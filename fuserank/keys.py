@@ -16,6 +16,7 @@ precompute never overwrites what is being served; one pointer names the version 
     fuserank:feedback:trimmed        -> hash: stream (every id below it was trimmed), index (entries <= it removed)
     fuserank:online:daily            -> hash: "{list_version}|{day}" -> online evaluation figures (JSON)
     fuserank:online:lock             -> held (SET NX EX) by the API worker refreshing the online figures
+    fuserank:feedback:mark:{user_id} -> the newest feedback entry id of the user (read with their stored list)
     fuserank:feedback:fresh:{user_id} -> hash: the user's fresh list and the feedback it was built from
     fuserank:web:secret              -> the web page's CSRF signing secret, shared by every API pod
 
@@ -26,6 +27,10 @@ and so share one slot, while user and anime lists keep their names and spread ov
 
     {fuserank}:current  {fuserank}:previous  {fuserank}:versions  {fuserank}:suppressed
     {fuserank}:v:{version}:meta
+
+The feedback and online-evaluation keys keep their names in both layouts: nothing changes or reads them
+atomically together or with a pointer (single-key commands, one-key Lua scripts called directly, pipelines
+without a transaction), so the per-user ones spread over every slot.
 """
 from __future__ import annotations
 
@@ -67,6 +72,10 @@ def anime(version: str, anime_id: int) -> str:
 
 def feedback_user(user_id: int) -> str:
     return f"{PREFIX}:feedback:u:{int(user_id)}"
+
+
+def feedback_mark(user_id: int) -> str:
+    return f"{PREFIX}:feedback:mark:{int(user_id)}"
 
 
 def feedback_fresh(user_id: int) -> str:

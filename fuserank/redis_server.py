@@ -83,17 +83,26 @@ def wait_until_answers(proc: subprocess.Popen, client: redis.Redis, timeout: flo
 
 
 class LocalRedis:
-    """A redis-server child process on 127.0.0.1 with no persistence, stopped on exit or ``stop()``."""
+    """A redis-server child process on 127.0.0.1, stopped on exit or ``stop()``.
 
-    def __init__(self, port: int | None = None, maxmemory_policy: str = "noeviction"):
+    Persistence as the feedback store needs it: ``appendonly yes`` + ``appendfsync always``, so a write is on
+    disk before Redis answers it (an acknowledged rating survives a SIGKILL). ``dir``: where the append-only
+    file lives, kept on stop (a restart on the same ``dir`` and port reads it back); default a temporary
+    directory removed on stop. ``args``: more redis-server options (tests).
+    """
+
+    def __init__(self, port: int | None = None, maxmemory_policy: str = "noeviction", dir: str | None = None,
+                 args: tuple[str, ...] = ()):
         if port:
             ensure_port_free("127.0.0.1", port, "redis-server")
         self.port = port or free_port()
-        self.dir = tempfile.mkdtemp(prefix="fuserank-redis-")
+        self.keep_dir = dir is not None
+        self.dir = dir or tempfile.mkdtemp(prefix="fuserank-redis-")
+        os.makedirs(self.dir, exist_ok=True)
         self.binary = find_redis_server()
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir, "--maxmemory-policy", maxmemory_policy],
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+             "--appendfsync", "always", "--dir", self.dir, "--maxmemory-policy", maxmemory_policy, *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._wait_ready()
 
@@ -123,7 +132,8 @@ class LocalRedis:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not self.keep_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self):
         return self

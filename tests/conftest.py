@@ -58,6 +58,14 @@ def redis_client(redis_url):
     client.close()
 
 
+@pytest.fixture(scope="module")
+def cluster():
+    """A Redis Cluster on loopback (tests/cluster.py: 3 primaries, 1 replica each), one per test module."""
+    from tests.cluster import LocalCluster
+    with LocalCluster() as c:
+        yield c
+
+
 @pytest.fixture(scope="session")
 def sample_data(tmp_path_factory):
     from fuserank.training.ingest import ingest

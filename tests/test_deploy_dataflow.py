@@ -58,7 +58,7 @@ def parse(argv: list[str], monkeypatch) -> dict:
 def test_documented_dataflow_run_with_the_batch_image(monkeypatch, caplog):
     seen = parse(documented_command("dataflow-precompute"), monkeypatch)
     assert seen["model"] == "gs://proj-x-fuserank/models/0123456789abcdef"
-    assert seen["url"] == "redis://:s3cret@10.0.0.3:6379/0"
+    assert seen["url"].url == "redis://:s3cret@10.0.0.3:6379/0" and not seen["url"].cluster
     with caplog.at_level(logging.WARNING):
         options, runner = pipeline_options(seen["beam"])
     assert not [r for r in caplog.records if "unparseable" in r.getMessage().lower()], caplog.text

@@ -29,7 +29,9 @@ BIN = Path(sys.executable).parent
 EPOCHS = 2          # params.yaml keeps the production default; the test trains briefly
 # Flags that are paths the pipeline wires itself (dvc.yaml) or the environment gives (REDIS_URL), not tunables.
 # --feedback / --feedback-until: set by the nightly job (its environment and a params override), per night.
-WIRED = {"ingest": {"--out", "--redis-url", "--suppressed-file", "--feedback", "--feedback-until"}, "train": {"--data", "--out"}, "precompute": {"--model", "--redis-url"},
+# The Redis URL and its cluster switch are the deployment's (the nightly job passes them), not pipeline tunables.
+WIRED = {"ingest": {"--out", "--redis-url", "--redis-cluster", "--suppressed-file", "--feedback", "--feedback-until"},
+         "train": {"--data", "--out"}, "precompute": {"--model", "--redis-url", "--redis-cluster"},
          "evaluate": {"--model", "--data"}}
 # `fuserank evaluate` also runs the offline baseline comparison (not a pipeline stage): its flags are not
 # pipeline tunables.
@@ -66,7 +68,7 @@ def test_params_yaml_holds_every_cli_tunable(command, sections):
     if command == "evaluate":
         flags -= EVALUATE_COMPARISON_ONLY
     if command == "serve":      # serving flags live in the Deployment (k8s/), the hybrid knobs here
-        flags -= {"--model", "--redis-url", "--host", "--port", "--workers", "--threads", "--worker-class",
+        flags -= {"--model", "--redis-url", "--redis-cluster", "--host", "--port", "--workers", "--threads", "--worker-class",
                   "--api-key", "--rate-limit", "--rate-window-s", "--models-uri", "--log-sample"}
     flags -= CHOSEN_BY_TRAIN
     keys_ = {f"--{k}" for s in sections for k in (params()[s] or {})}

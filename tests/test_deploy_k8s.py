@@ -265,6 +265,7 @@ def test_local_overlay_redis_and_shared_volume():
     (redis_c,) = pod_spec(sts)["containers"]
     assert any(m["name"] == claim["metadata"]["name"] and m["mountPath"] == "/data" for m in redis_c["volumeMounts"])
     assert "--appendonly" in redis_c["args"] and redis_c["args"][redis_c["args"].index("--appendonly") + 1] == "yes"
+    assert redis_c["args"][redis_c["args"].index("--appendfsync") + 1] == "always"   # feedback is acknowledged on disk
     svc = find(docs, "Service", sts["spec"]["serviceName"])
     assert svc["spec"]["clusterIP"] == "None"
     find(docs, "PersistentVolumeClaim", "fuserank-shared")

@@ -134,7 +134,8 @@ def test_the_background_thread_stores_the_fresh_list_off_the_request(client, url
     _wait_idle(client)
     with connect(url) as redis_:
         state = redis_.hgetall(keys.feedback_fresh(uid))
-    assert state[b"built"] == state[b"latest"] and 1005 not in [i["anime_id"] for i in keys.decode_list(state[b"list"])]
+        assert state[b"built"] == redis_.get(keys.feedback_mark(uid))
+    assert 1005 not in [i["anime_id"] for i in keys.decode_list(state[b"list"])]
 
 
 def _serve(service, version: str, timeout: float = 30.0) -> None:

@@ -39,12 +39,6 @@ from tests.factories import api_app, random_artifact
 FLAGS = ["--top-n", str(SETTINGS.top_n), "--neighbours", str(SETTINGS.neighbours)]
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster() as c:
-        yield c
-
-
 @pytest.fixture
 def rc(cluster):
     """A command client on the emptied cluster."""
@@ -218,11 +212,8 @@ def test_a_writer_batch_is_one_round_trip_per_node(cluster, rc):
     fn.client.close()
     fn.client = connect(cluster.target, "batch", connection_class=CountingConnection)
     fn.client.ping(target_nodes=fn.client.ALL_NODES)           # connections (and their handshakes) first
-    fn.start_bundle()
     CountingConnection.sent = 0
-    out = []
-    for u in range(500):
-        out += list(fn.process((keys.user("pipelined", u), b"x")))
+    out = list(fn.process([(keys.user("pipelined", u), b"x") for u in range(500)]))
     assert out == [("users", 500)]
     assert CountingConnection.sent == 3, CountingConnection.sent      # 500 SETs: one pipeline per primary
     assert sum(per_primary(rc, keys.version_pattern("pipelined")).values()) == 500

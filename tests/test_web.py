@@ -89,7 +89,7 @@ def test_user_page_renders_the_services_answer_with_genres_and_type(client, smal
     assert r.status_code == 200
     page = text(r)
     assert "precomputed answer" in page and api["source"] == "precomputed"
-    names = re.findall(r'<a class="title" href="/anime/(\d+)">([^<]+)</a>', page)
+    names = re.findall(rf'<a class="title" href="/anime/(\d+)\?user_id={uid}">([^<]+)</a>', page)
     assert [int(a) for a, _ in names] == [i["anime_id"] for i in api["items"]]
     assert [n for _, n in names] == [i["name"] for i in api["items"]]
     first = api["items"][0]
