@@ -13,13 +13,13 @@ their stored hash (one HGETALL); recomputing them reads the stream, so it runs a
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import redis
 from prometheus_client.core import GaugeMetricFamily
 
 from fuserank import feedback, keys
+from fuserank.api.background import start_native_thread
 from fuserank.evaluation import online
 
 ONLINE_REFRESH_S = 300
@@ -27,13 +27,13 @@ ONLINE_REFRESH_S = 300
 log = logging.getLogger("fuserank.api.metrics")
 
 
-_refreshing: list[threading.Thread] = []     # this process's refresh, while it runs
+_refreshing = {"running": False}     # this process's refresh (a plain flag: the thread is an OS thread under gevent)
 
 
 def refresh_online_soon(client, refresh_s: float = ONLINE_REFRESH_S) -> None:
     """Recompute the online figures in a background thread unless one runs in this process or another worker
     took the lock in the last ``refresh_s`` seconds (the lock expires by itself)."""
-    if any(t.is_alive() for t in _refreshing):
+    if _refreshing["running"]:
         return
     if not client.set(keys.ONLINE_LOCK, str(time.time()), nx=True, ex=max(1, int(refresh_s))):
         return
@@ -43,10 +43,11 @@ def refresh_online_soon(client, refresh_s: float = ONLINE_REFRESH_S) -> None:
             online.refresh(client)
         except redis.RedisError as exc:
             log.warning("online evaluation not refreshed: %s", exc)
+        finally:
+            _refreshing["running"] = False
 
-    thread = threading.Thread(target=run, name="online-evaluation", daemon=True)
-    _refreshing[:] = [thread]
-    thread.start()
+    _refreshing["running"] = True
+    start_native_thread(run, name="online-evaluation")
 
 
 class FeedbackCollector:
