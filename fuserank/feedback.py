@@ -72,32 +72,72 @@ class Event:
 
     def state(self) -> str:
         """The per-user index value of an entry event."""
-        return keys.compact_json({"kind": self.kind, "rating": self.rating, "status": self.status, "ts": self.ts,
-                                  "id": self.id})
+        return self.state_head() + json.dumps(self.id) + "}"
+
+    def state_head(self) -> str:
+        """``state()`` up to its last value, the stream id (``_APPEND`` completes it in Redis)."""
+        return keys.compact_json({"kind": self.kind, "rating": self.rating, "status": self.status,
+                                  "ts": self.ts})[:-1] + ',"id":'
 
 
-def append(client, events: list[Event], now=time.time, also=None) -> list[str]:
-    """Store ``events`` (one pipeline, one round trip): XADD each to the stream, then index entry events per user.
+# One call stores a batch of events on a single Redis node: per event ARGV holds its field count, whether it is
+# an entry ("1": index it in the next KEYS pair, the user's hash and mark), its anime and ``state_head``, then
+# its stream fields. Returns the stream ids.
+_APPEND = """
+local ids, a, k = {}, 1, 2
+while a <= #ARGV do
+  local n = tonumber(ARGV[a])
+  local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, a + 4, a + 3 + n))
+  if ARGV[a + 1] == '1' then
+    redis.call('HSET', KEYS[k], ARGV[a + 2], ARGV[a + 3] .. '"' .. id .. '"}')
+    redis.call('SET', KEYS[k + 1], id)
+    k = k + 2
+  end
+  ids[#ids + 1] = id
+  a = a + 4 + n
+end
+return ids
+"""
 
-    Returns the stream ids. The stream append is what makes a write acknowledged; the per-user index is derived
-    from it (``reindex`` rebuilds it) and never spans a transaction with the stream, so it also works on a
-    Redis Cluster, where the stream and a user's hash live in different slots. ``also(pipe, entries)`` adds
-    commands to the index's round trip (``entries``: the stored entry events, ids set).
+
+def append(client, events: list[Event], now=time.time) -> list[str]:
+    """Store ``events``: XADD each to the stream, index entry events per user and mark each writer's newest entry
+    (``keys.feedback_mark``, what fresh lists compare against). Returns the stream ids.
+
+    The stream append is what makes a write acknowledged; the index is derived from it (``reindex`` rebuilds
+    it). On one Redis node all of it is one Lua call (one round trip, all keys passed as KEYS); on a Redis
+    Cluster, where the stream and a user's keys live in different slots, the stream's pipeline comes first and
+    the index and marks follow in a second round trip (no transaction spans them).
     """
     stamped = [e if e.ts else Event(**{**e.__dict__, "ts": now()}) for e in events]
+    if not stamped:
+        return []
+    if not isinstance(client, redis.RedisCluster):
+        return _append_script(client, stamped)
     pipe = client.pipeline(transaction=False)
     for e in stamped:
         pipe.xadd(keys.FEEDBACK_EVENTS, e.fields())
-    ids = [i.decode() if isinstance(i, bytes) else i for i in pipe.execute()]
+    ids = [_text(i) for i in pipe.execute()]
     entries = [Event(**{**e.__dict__, "id": i}) for e, i in zip(stamped, ids) if e.kind in ENTRY_KINDS]
     if entries:
         pipe = client.pipeline(transaction=False)
         for e in entries:
             pipe.hset(keys.feedback_user(e.user_id), str(e.anime_id), e.state())
-        if also is not None:
-            also(pipe, entries)
+        for user_id, entry_id in {e.user_id: e.id for e in entries}.items():
+            pipe.set(keys.feedback_mark(user_id), entry_id)
         pipe.execute()
     return ids
+
+
+def _append_script(client, events: list[Event]) -> list[str]:
+    names, args = [keys.FEEDBACK_EVENTS], []
+    for e in events:
+        fields = [x for pair in e.fields().items() for x in pair]
+        entry = e.kind in ENTRY_KINDS
+        args += [len(fields), "1" if entry else "0", e.anime_id, e.state_head() if entry else ""] + fields
+        if entry:
+            names += [keys.feedback_user(e.user_id), keys.feedback_mark(e.user_id)]
+    return [_text(i) for i in client.register_script(_APPEND)(keys=names, args=args)]
 
 
 def read(client, start: str = "-", end: str = "+", page: int = 10_000) -> Iterator[Event]:
