@@ -44,20 +44,8 @@ FRESH_N = 200                # items stored per fresh list: the most a request m
 PENDING_USERS = 10_000       # users waiting for the background thread per process; beyond, reads compute
 BACKGROUND_SHARE = 0.1      # the most of one core the background thread uses (it rests in between)
 
-_NEWER = """
-local function parse(id)
-  local ms, seq = string.match(id or '', '^(%d+)-(%d+)$')
-  if not ms then return -1, -1 end
-  return tonumber(ms), tonumber(seq)
-end
-local function older(id, than)
-  local ms, seq = parse(id)
-  local cur_ms, cur_seq = parse(than)
-  return ms < cur_ms or (ms == cur_ms and seq < cur_seq)
-end
-"""
 # The hash KEYS[1] gets built = ARGV[1] and the field/value pairs after it, unless it holds a newer list.
-_STORE = _NEWER + """
+_STORE = feedback.LUA_ID_ORDER + """
 if older(ARGV[1], redis.call('HGET', KEYS[1], 'built')) then return 0 end
 redis.call('HSET', KEYS[1], 'built', unpack(ARGV))
 return 1

@@ -163,6 +163,28 @@ def user_entries(client, user_id: int) -> dict[int, dict]:
 
 NONE = "0-0"                       # a stream id below every real one: "no feedback"
 STREAM_KEEP_S = 9 * 86400          # the stream keeps every event this long (online evaluation's 7-day window + 2)
+# Lua: stream ids ("<ms>-<seq>") compared as numbers; an absent or malformed id is older than every real one.
+LUA_ID_ORDER = """
+local function parse(id)
+  local ms, seq = string.match(id or '', '^(%d+)-(%d+)$')
+  if not ms then return -1, -1 end
+  return tonumber(ms), tonumber(seq)
+end
+local function older(id, than)
+  local ms, seq = parse(id)
+  local cur_ms, cur_seq = parse(than)
+  return ms < cur_ms or (ms == cur_ms and seq < cur_seq)
+end
+"""
+# KEYS[1], a user's mark (a string) or fresh list (a hash, its field ``built``), is deleted when the entry id it
+# names is not newer than ARGV[1]: a write meanwhile keeps it.
+_TRIM_COVERED = LUA_ID_ORDER + """
+local id
+if redis.call('TYPE', KEYS[1]).ok == 'hash' then id = redis.call('HGET', KEYS[1], 'built')
+else id = redis.call('GET', KEYS[1]) end
+if id and not older(ARGV[1], id) then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 _TRIM_INDEX = """
 local n = 0
 for i = 1, #ARGV, 2 do
@@ -229,7 +251,8 @@ def trim_published(client, now=time.time, keep_s: float = STREAM_KEEP_S) -> dict
     """After a publish: drop what every servable version already holds.
 
     Per-user index entries with id <= ``published_until`` go (only where the index still holds that very
-    entry: a newer write to the same anime meanwhile stays), then the stream is trimmed below the same id,
+    entry: a newer write to the same anime meanwhile stays), and so do the user's fresh-list mark and list
+    (``keys.feedback_mark``, ``keys.feedback_fresh``) once their newest entry is that old; then the stream is trimmed below the same id,
     but never below ``keep_s`` ago (online evaluation reads impressions and ratings from the stream). The
     hash ``keys.FEEDBACK_TRIMMED`` records both marks; ``fuserank ingest --feedback`` checks the stream
     mark against the feedback it carries over. Single-key commands only (Redis Cluster).
@@ -237,9 +260,9 @@ def trim_published(client, now=time.time, keep_s: float = STREAM_KEEP_S) -> dict
     until = published_until(client)
     marks = {_text(k): _text(v) for k, v in client.hgetall(keys.FEEDBACK_TRIMMED).items()}
     done = marks.get("index", NONE)
-    index_removed = 0
+    index_removed = fresh_removed = 0
     if id_key(until) > id_key(done):
-        script = client.register_script(_TRIM_INDEX)
+        script, covered = client.register_script(_TRIM_INDEX), client.register_script(_TRIM_COVERED)
         users = {e.user_id for e in read(client, "(" + done, until) if e.kind in ENTRY_KINDS}
         for user_id in sorted(users):
             stale = [(field, value) for field, value in client.hgetall(keys.feedback_user(user_id)).items()
@@ -247,6 +270,8 @@ def trim_published(client, now=time.time, keep_s: float = STREAM_KEEP_S) -> dict
             if stale:
                 index_removed += int(script(keys=[keys.feedback_user(user_id)],
                                             args=[x for pair in stale for x in pair]))
+            for key in (keys.feedback_mark(user_id), keys.feedback_fresh(user_id)):
+                fresh_removed += int(covered(keys=[key], args=[until]))
         client.hset(keys.FEEDBACK_TRIMMED, "index", until)
     stream_removed = 0
     if until != NONE:
@@ -254,7 +279,8 @@ def trim_published(client, now=time.time, keep_s: float = STREAM_KEEP_S) -> dict
         if id_key(floor) > id_key(marks.get("stream", NONE)):
             stream_removed = int(client.xtrim(keys.FEEDBACK_EVENTS, minid=floor, approximate=False))
             client.hset(keys.FEEDBACK_TRIMMED, "stream", floor)
-    return {"until": until, "index_entries": index_removed, "stream_entries": stream_removed}
+    return {"until": until, "index_entries": index_removed, "fresh_keys": fresh_removed,
+            "stream_entries": stream_removed}
 
 
 def trim_after_publish(client) -> dict | None:
@@ -266,9 +292,9 @@ def trim_after_publish(client) -> dict | None:
         log.warning("feedback store not trimmed after the publish (%s: %s); the next publish retries",
                     type(exc).__name__, exc)
         return None
-    if result["index_entries"] or result["stream_entries"]:
-        log.info("feedback store trimmed up to %s: %d index entries, %d stream entries", result["until"],
-                 result["index_entries"], result["stream_entries"])
+    if result["index_entries"] or result["fresh_keys"] or result["stream_entries"]:
+        log.info("feedback store trimmed up to %s: %d index entries, %d fresh-list keys, %d stream entries",
+                 result["until"], result["index_entries"], result["fresh_keys"], result["stream_entries"])
     return result
 
 
