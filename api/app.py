@@ -1,9 +1,9 @@
 """Flask application factory: the service lives on the app, routes in blueprints, errors as JSON.
 
 Besides the API blueprints the app carries the web page (fuserank.api.web, at ``/``) and the
-Prometheus metrics (fuserank.api.metrics: per-request hooks and ``GET /metrics``). In front of Flask sits
-the hot route (fuserank.api.hotpath): the plain ``GET /v1/users/<id>/recommendations[?n=K]`` is answered
-without Flask's dispatch, everything else passes through. Its log lines carry the loaded model version
+Prometheus metrics (fuserank.api.metrics: per-request hooks and ``GET /metrics``). In front of Flask sit
+the hot routes (fuserank.api.hotpath): the plain ``GET /v1/users/<id>/recommendations[?n=K]`` and ``PUT
+/v1/users/<id>/ratings/<anime>`` of a rating are answered without Flask's dispatch, everything else passes through. Its log lines carry the loaded model version
 and the list version being served (read from the service's cached pointer).
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ def create_app(settings: ServeSettings, *, service: RecommendationService | None
     errors.register(app)
     recorder = metrics.install(app, service, settings.log_sample) if instrument else None
     if hot_route:
-        app.wsgi_app = HotRoute(app.wsgi_app, service, recorder)
+        app.wsgi_app = HotRoute(app.wsgi_app, service, recorder, settings)
     logs.provide("model_version", _served(service, "model_version"))   # follows version switches
     logs.provide("list_version", _served(service, "list_version"))
     return app

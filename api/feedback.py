@@ -31,8 +31,8 @@ feedback = Blueprint("feedback", __name__, url_prefix="/v1")
 USER_RATING = "/users/<user_id>/ratings/<anime_id>"
 
 
-def _known_anime(name: str, anime_id: int) -> None:
-    model = _service().view().bundle.model
+def _known_anime(name: str, anime_id: int, service=None) -> None:
+    model = (service or _service()).view().bundle.model
     if int(model.anime_index(anime_id)[0]) < 0:
         raise NotFound(f"{name}: anime {anime_id} is not in model {model.version}")
 
@@ -42,8 +42,8 @@ def _no_query() -> None:
         raise BadParameter(next(iter(request.args))[:40], "unknown parameter")
 
 
-def _store(events: list[store.Event]) -> list[str]:
-    service = _service()
+def _store(events: list[store.Event], service=None) -> list[str]:
+    service = service or _service()
     if service.breaker.is_open():
         raise Unavailable("the feedback store (Redis) is unavailable; retry later")
     try:
@@ -65,10 +65,12 @@ def parse_entry(body: dict) -> tuple[str, int | None, str | None]:
     return "status", None, status
 
 
-def write_entry(uid: int, aid: int, kind: str, rating: int | None = None, status: str | None = None) -> dict:
-    """Store one entry event (the anime must be known) and describe it as the answers do."""
-    _known_anime("anime_id", aid)
-    [entry_id] = _store([store.Event(kind, uid, aid, rating=rating, status=status)])
+def write_entry(uid: int, aid: int, kind: str, rating: int | None = None, status: str | None = None,
+                service=None) -> dict:
+    """Store one entry event (the anime must be known) and describe it as the answers do. ``service``: the
+    RecommendationService, for a caller outside a Flask request (fuserank.api.hotpath)."""
+    _known_anime("anime_id", aid, service)
+    [entry_id] = _store([store.Event(kind, uid, aid, rating=rating, status=status)], service)
     out = {"user_id": uid, "anime_id": aid, "kind": kind}
     if rating is not None:
         out["rating"] = rating

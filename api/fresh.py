@@ -9,8 +9,8 @@ covers all of a user's entries, their precomputed list answers again.
 
 The state lives in Redis, so every worker and pod answers alike:
 
-    keys.feedback_mark(user)    the newest entry id written (set in the write's index round trip, before the
-                                answer); read in the same round trip as the user's stored list, so a user
+    keys.feedback_mark(user)    the newest entry id written (set by ``feedback.append`` with the write, before
+                                the answer); read in the same round trip as the user's stored list, so a user
                                 without feedback costs one more key in that MGET and nothing else
     keys.feedback_fresh(user)   hash: ``built`` (the newest entry id the list holds), ``base`` (the model,
                                 list version and ``feedback_until`` it was computed against) and ``list``
@@ -45,20 +45,8 @@ FRESH_N = 200                # items stored per fresh list: the most a request m
 PENDING_USERS = 10_000       # users waiting for the background thread per process; beyond, reads compute
 BACKGROUND_SHARE = 0.1      # the most of one core the background thread uses (it rests in between)
 
-_NEWER = """
-local function parse(id)
-  local ms, seq = string.match(id or '', '^(%d+)-(%d+)$')
-  if not ms then return -1, -1 end
-  return tonumber(ms), tonumber(seq)
-end
-local function older(id, than)
-  local ms, seq = parse(id)
-  local cur_ms, cur_seq = parse(than)
-  return ms < cur_ms or (ms == cur_ms and seq < cur_seq)
-end
-"""
 # The hash KEYS[1] gets built = ARGV[1] and the field/value pairs after it, unless it holds a newer list.
-_STORE = _NEWER + """
+_STORE = feedback.LUA_ID_ORDER + """
 if older(ARGV[1], redis.call('HGET', KEYS[1], 'built')) then return 0 end
 redis.call('HSET', KEYS[1], 'built', unpack(ARGV))
 return 1
@@ -129,12 +117,6 @@ class FreshLists:
         self._store = client.register_script(_STORE)
         self._cluster = isinstance(client, redis.RedisCluster)
 
-    @staticmethod
-    def mark(pipe, entries) -> None:
-        """Add each writer's newest entry id to ``pipe`` (``feedback.append``'s ``also``: the index round trip)."""
-        for user_id, entry_id in {e.user_id: e.id for e in entries}.items():
-            pipe.set(keys.feedback_mark(user_id), entry_id)
-
     def read(self, user_id: int, stored_key: str | None) -> tuple[bytes | None, bytes | None]:
         """The stored list under ``stored_key`` (None: not asked) and the user's newest entry id: one MGET (a
         pipeline on a Redis Cluster, where the two keys live in different slots)."""
@@ -192,6 +174,7 @@ class Refresher:
         self._rebuild, self._view, self._share = rebuild, view, share
         self._cond = threading.Condition()
         self._pending: dict[int, None] = {}
+        self._busy = False
         self._pid = None
 
     def submit(self, user_ids) -> None:
@@ -208,8 +191,9 @@ class Refresher:
             self._cond.notify()
 
     def idle(self) -> bool:
+        """Whether no user is queued or being computed."""
         with self._cond:
-            return not self._pending
+            return not self._pending and not self._busy
 
     def _run(self) -> None:
         while True:
@@ -218,9 +202,13 @@ class Refresher:
                     self._cond.wait()
                 uid = next(iter(self._pending))
                 del self._pending[uid]
+                self._busy = True
             t0 = time.thread_time()
             try:
                 self._rebuild(self._view(), uid)
             except Exception as exc:  # noqa: BLE001 - a read computes it instead; the thread keeps serving
                 log.warning("fresh list of user %d not rebuilt (%s: %s)", uid, type(exc).__name__, exc)
+            finally:
+                with self._cond:
+                    self._busy = False
             time.sleep((time.thread_time() - t0) * (1 / self._share - 1))

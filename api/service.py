@@ -130,10 +130,10 @@ class RecommendationService:
         return self._durable
 
     def write_feedback(self, events: list[feedback.Event]) -> list[str]:
-        """Append ``events`` to the feedback store (the acknowledgement) and mark the writers' fresh lists behind
-        (two round trips), then hand them to the background thread. Raises RedisError (the route answers 503)."""
+        """Append ``events`` to the feedback store (the acknowledgement; it also marks the writers' fresh lists
+        behind), then hand them to the background thread. Raises RedisError (the route answers 503)."""
         try:
-            ids = feedback.append(self.redis, events, also=self.fresh.mark)
+            ids = feedback.append(self.redis, events)
         except redis.RedisError as exc:
             self.breaker.failed(exc)
             raise

@@ -66,10 +66,11 @@ def load_average() -> str:
         return " ".join(fh.read().split()[:3])
 
 
-def start_api(model_dir: str, redis_url: str, port: int, log: Path) -> subprocess.Popen:
+def start_api(model_dir: str, redis_url: str, port: int, log: Path, worker_class: str | None = None) -> subprocess.Popen:
     """``fuserank serve`` once it answers, its output in ``log``; refused unless the feedback store is durable."""
+    extra = ["--worker-class", worker_class] if worker_class else []
     proc = subprocess.Popen([sys.executable, "-m", "fuserank", "serve", "--model", model_dir, "--redis-url", redis_url,
-                             "--port", str(port), "--rate-limit", "0"],
+                             "--port", str(port), "--rate-limit", "0", *extra],
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     deadline = time.time() + 300
     while True:
@@ -127,6 +128,8 @@ def main() -> None:
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "fuserank-bench-feedback"))
     p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--worker-class", choices=["gthread", "gevent"], default=None,
+                   help="fuserank serve --worker-class (default: serve's own default)")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/feedback.json"))
     a = p.parse_args()
 
@@ -147,13 +150,13 @@ def main() -> None:
     result = {"machine": f"{platform.node()} ({os.cpu_count()} CPUs)", "command": " ".join(sys.argv),
               "load_at_start": load_average(), "model": {"users": model.n_users, "anime": model.n_anime,
                                                          "dim": a.dim, **synthetic},
-              "server": "fuserank serve defaults (gthread, 2 workers x 4 threads), --rate-limit 0",
+              "server": f"fuserank serve defaults, --worker-class {a.worker_class or '(default)'}, --rate-limit 0",
               "redis": "appendonly yes, appendfsync always", "connections": 16, "duration_s_per_run": a.duration}
     with LocalRedis(dir=str(workdir / "redis")) as server:
         client = connect(server.url)
         client.flushall()
         port = free_port()
-        api = start_api(str(model_dir), server.url, port, workdir / "serve.log")
+        api = start_api(str(model_dir), server.url, port, workdir / "serve.log", a.worker_class)
         try:
             wrk(port, script, 2)                                    # warm-up
             runs = []

@@ -72,32 +72,72 @@ class Event:
 
     def state(self) -> str:
         """The per-user index value of an entry event."""
-        return keys.compact_json({"kind": self.kind, "rating": self.rating, "status": self.status, "ts": self.ts,
-                                  "id": self.id})
+        return self.state_head() + json.dumps(self.id) + "}"
+
+    def state_head(self) -> str:
+        """``state()`` up to its last value, the stream id (``_APPEND`` completes it in Redis)."""
+        return keys.compact_json({"kind": self.kind, "rating": self.rating, "status": self.status,
+                                  "ts": self.ts})[:-1] + ',"id":'
 
 
-def append(client, events: list[Event], now=time.time, also=None) -> list[str]:
-    """Store ``events`` (one pipeline, one round trip): XADD each to the stream, then index entry events per user.
+# One call stores a batch of events on a single Redis node: per event ARGV holds its field count, whether it is
+# an entry ("1": index it in the next KEYS pair, the user's hash and mark), its anime and ``state_head``, then
+# its stream fields. Returns the stream ids.
+_APPEND = """
+local ids, a, k = {}, 1, 2
+while a <= #ARGV do
+  local n = tonumber(ARGV[a])
+  local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, a + 4, a + 3 + n))
+  if ARGV[a + 1] == '1' then
+    redis.call('HSET', KEYS[k], ARGV[a + 2], ARGV[a + 3] .. '"' .. id .. '"}')
+    redis.call('SET', KEYS[k + 1], id)
+    k = k + 2
+  end
+  ids[#ids + 1] = id
+  a = a + 4 + n
+end
+return ids
+"""
 
-    Returns the stream ids. The stream append is what makes a write acknowledged; the per-user index is derived
-    from it (``reindex`` rebuilds it) and never spans a transaction with the stream, so it also works on a
-    Redis Cluster, where the stream and a user's hash live in different slots. ``also(pipe, entries)`` adds
-    commands to the index's round trip (``entries``: the stored entry events, ids set).
+
+def append(client, events: list[Event], now=time.time) -> list[str]:
+    """Store ``events``: XADD each to the stream, index entry events per user and mark each writer's newest entry
+    (``keys.feedback_mark``, what fresh lists compare against). Returns the stream ids.
+
+    The stream append is what makes a write acknowledged; the index is derived from it (``reindex`` rebuilds
+    it). On one Redis node all of it is one Lua call (one round trip, all keys passed as KEYS); on a Redis
+    Cluster, where the stream and a user's keys live in different slots, the stream's pipeline comes first and
+    the index and marks follow in a second round trip (no transaction spans them).
     """
     stamped = [e if e.ts else Event(**{**e.__dict__, "ts": now()}) for e in events]
+    if not stamped:
+        return []
+    if not isinstance(client, redis.RedisCluster):
+        return _append_script(client, stamped)
     pipe = client.pipeline(transaction=False)
     for e in stamped:
         pipe.xadd(keys.FEEDBACK_EVENTS, e.fields())
-    ids = [i.decode() if isinstance(i, bytes) else i for i in pipe.execute()]
+    ids = [_text(i) for i in pipe.execute()]
     entries = [Event(**{**e.__dict__, "id": i}) for e, i in zip(stamped, ids) if e.kind in ENTRY_KINDS]
     if entries:
         pipe = client.pipeline(transaction=False)
         for e in entries:
             pipe.hset(keys.feedback_user(e.user_id), str(e.anime_id), e.state())
-        if also is not None:
-            also(pipe, entries)
+        for user_id, entry_id in {e.user_id: e.id for e in entries}.items():
+            pipe.set(keys.feedback_mark(user_id), entry_id)
         pipe.execute()
     return ids
+
+
+def _append_script(client, events: list[Event]) -> list[str]:
+    names, args = [keys.FEEDBACK_EVENTS], []
+    for e in events:
+        fields = [x for pair in e.fields().items() for x in pair]
+        entry = e.kind in ENTRY_KINDS
+        args += [len(fields), "1" if entry else "0", e.anime_id, e.state_head() if entry else ""] + fields
+        if entry:
+            names += [keys.feedback_user(e.user_id), keys.feedback_mark(e.user_id)]
+    return [_text(i) for i in client.register_script(_APPEND)(keys=names, args=args)]
 
 
 def read(client, start: str = "-", end: str = "+", page: int = 10_000) -> Iterator[Event]:
@@ -123,6 +163,28 @@ def user_entries(client, user_id: int) -> dict[int, dict]:
 
 NONE = "0-0"                       # a stream id below every real one: "no feedback"
 STREAM_KEEP_S = 9 * 86400          # the stream keeps every event this long (online evaluation's 7-day window + 2)
+# Lua: stream ids ("<ms>-<seq>") compared as numbers; an absent or malformed id is older than every real one.
+LUA_ID_ORDER = """
+local function parse(id)
+  local ms, seq = string.match(id or '', '^(%d+)-(%d+)$')
+  if not ms then return -1, -1 end
+  return tonumber(ms), tonumber(seq)
+end
+local function older(id, than)
+  local ms, seq = parse(id)
+  local cur_ms, cur_seq = parse(than)
+  return ms < cur_ms or (ms == cur_ms and seq < cur_seq)
+end
+"""
+# KEYS[1], a user's mark (a string) or fresh list (a hash, its field ``built``), is deleted when the entry id it
+# names is not newer than ARGV[1]: a write meanwhile keeps it.
+_TRIM_COVERED = LUA_ID_ORDER + """
+local id
+if redis.call('TYPE', KEYS[1]).ok == 'hash' then id = redis.call('HGET', KEYS[1], 'built')
+else id = redis.call('GET', KEYS[1]) end
+if id and not older(ARGV[1], id) then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 _TRIM_INDEX = """
 local n = 0
 for i = 1, #ARGV, 2 do
@@ -189,7 +251,8 @@ def trim_published(client, now=time.time, keep_s: float = STREAM_KEEP_S) -> dict
     """After a publish: drop what every servable version already holds.
 
     Per-user index entries with id <= ``published_until`` go (only where the index still holds that very
-    entry: a newer write to the same anime meanwhile stays), then the stream is trimmed below the same id,
+    entry: a newer write to the same anime meanwhile stays), and so do the user's fresh-list mark and list
+    (``keys.feedback_mark``, ``keys.feedback_fresh``) once their newest entry is that old; then the stream is trimmed below the same id,
     but never below ``keep_s`` ago (online evaluation reads impressions and ratings from the stream). The
     hash ``keys.FEEDBACK_TRIMMED`` records both marks; ``fuserank ingest --feedback`` checks the stream
     mark against the feedback it carries over. Single-key commands only (Redis Cluster).
@@ -197,9 +260,9 @@ def trim_published(client, now=time.time, keep_s: float = STREAM_KEEP_S) -> dict
     until = published_until(client)
     marks = {_text(k): _text(v) for k, v in client.hgetall(keys.FEEDBACK_TRIMMED).items()}
     done = marks.get("index", NONE)
-    index_removed = 0
+    index_removed = fresh_removed = 0
     if id_key(until) > id_key(done):
-        script = client.register_script(_TRIM_INDEX)
+        script, covered = client.register_script(_TRIM_INDEX), client.register_script(_TRIM_COVERED)
         users = {e.user_id for e in read(client, "(" + done, until) if e.kind in ENTRY_KINDS}
         for user_id in sorted(users):
             stale = [(field, value) for field, value in client.hgetall(keys.feedback_user(user_id)).items()
@@ -207,6 +270,8 @@ def trim_published(client, now=time.time, keep_s: float = STREAM_KEEP_S) -> dict
             if stale:
                 index_removed += int(script(keys=[keys.feedback_user(user_id)],
                                             args=[x for pair in stale for x in pair]))
+            for key in (keys.feedback_mark(user_id), keys.feedback_fresh(user_id)):
+                fresh_removed += int(covered(keys=[key], args=[until]))
         client.hset(keys.FEEDBACK_TRIMMED, "index", until)
     stream_removed = 0
     if until != NONE:
@@ -214,7 +279,8 @@ def trim_published(client, now=time.time, keep_s: float = STREAM_KEEP_S) -> dict
         if id_key(floor) > id_key(marks.get("stream", NONE)):
             stream_removed = int(client.xtrim(keys.FEEDBACK_EVENTS, minid=floor, approximate=False))
             client.hset(keys.FEEDBACK_TRIMMED, "stream", floor)
-    return {"until": until, "index_entries": index_removed, "stream_entries": stream_removed}
+    return {"until": until, "index_entries": index_removed, "fresh_keys": fresh_removed,
+            "stream_entries": stream_removed}
 
 
 def trim_after_publish(client) -> dict | None:
@@ -226,9 +292,9 @@ def trim_after_publish(client) -> dict | None:
         log.warning("feedback store not trimmed after the publish (%s: %s); the next publish retries",
                     type(exc).__name__, exc)
         return None
-    if result["index_entries"] or result["stream_entries"]:
-        log.info("feedback store trimmed up to %s: %d index entries, %d stream entries", result["until"],
-                 result["index_entries"], result["stream_entries"])
+    if result["index_entries"] or result["fresh_keys"] or result["stream_entries"]:
+        log.info("feedback store trimmed up to %s: %d index entries, %d fresh-list keys, %d stream entries",
+                 result["until"], result["index_entries"], result["fresh_keys"], result["stream_entries"])
     return result
 
 

@@ -163,3 +163,18 @@ def test_bad_feedback_flags_are_named(redis_client, redis_url, tmp_path, capsys)
                  "--feedback-until", "99999999999999-0"]) == 2
     assert "the feedback stream's last id is" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_a_publish_drops_the_marks_and_fresh_lists_it_covers(redis_client):
+    ids = feedback.append(redis_client, [Event("rating", 1, 10, rating=5), Event("rating", 2, 10, rating=7)])
+    late = feedback.append(redis_client, [Event("rating", 2, 11, rating=8)])
+    for user_id, built in ((1, ids[0]), (2, late[0])):
+        redis_client.hset(keys.feedback_fresh(user_id), mapping={"built": built, "list": b"x"})
+    assert redis_client.get(keys.feedback_mark(1)).decode() == ids[0]
+    publish.write_meta(redis_client, "v1", {"state": "complete", "feedback_until": ids[1],
+                                            "written": {"users": 0, "anime": 0}})
+    publish.publish_version(redis_client, "v1")
+    assert not redis_client.exists(keys.feedback_mark(1), keys.feedback_fresh(1))   # all user 1 wrote is published
+    assert redis_client.get(keys.feedback_mark(2)).decode() == late[0]            # user 2's newest is not
+    assert redis_client.hget(keys.feedback_fresh(2), "built").decode() == late[0]
+    assert set(feedback.user_entries(redis_client, 2)) == {11}
